@@ -1,0 +1,47 @@
+# annlab: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+PORT ?= 5000
+
+# Everything below (and DVC queue workers started from here) finds dvc, mlflow and python in .venv.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}
+
+.PHONY: help venv repro test lint format ui clean
+
+help: ## List the targets with their purpose
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "annlab needs Python 3.11+ (found $$($(PYTHON) --version)); set PYTHON=..." >&2; exit 1; }
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP) ## Create .venv from the pinned requirements (done by the other targets)
+
+repro: venv ## Run the pipeline: validate params, then `dvc repro` (only what changed)
+	dvc repro
+
+test: venv ## Run the test suite (includes a small end-to-end `dvc repro`)
+	python -m pytest
+
+lint: venv ## Check style with ruff
+	ruff check src tests && ruff format --check src tests
+
+format: venv ## Format the code with ruff
+	ruff check --fix src tests && ruff format src tests
+
+ui: venv ## Serve the MLflow UI on 127.0.0.1:$(PORT) over the project's store
+	mlflow ui --backend-store-uri "$(TRACKING_URI)" --host 127.0.0.1 --port $(PORT)
+
+clean: ## Remove Python caches (not data, models or the MLflow store)
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache

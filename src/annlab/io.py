@@ -1,0 +1,67 @@
+"""Small file helpers: atomic writes, NumPy arrays without pickle, deterministic JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` and move it into place only if the block succeeds.
+
+    An interrupted stage then leaves either the old output or none, never half a file
+    that DVC (or a person) would take as finished. Works for files and directories.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def dumps_json(data: Any) -> str:
+    """JSON with sorted keys and a final newline, so equal data gives equal bytes."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically and deterministically."""
+    write_text(path, dumps_json(data))
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def save_arrays(directory: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Save each array as `<name>.npy` in `directory` (plain .npy: no pickle, byte-reproducible)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        np.save(directory / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+
+
+def load_array(directory: str | Path, name: str) -> np.ndarray:
+    """Load `<name>.npy` from `directory`, refusing pickled objects."""
+    return np.load(Path(directory) / f"{name}.npy", allow_pickle=False)

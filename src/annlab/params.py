@@ -1,0 +1,225 @@
+"""The typed schema of params.yaml and the one function that loads and validates it."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+Dataset = Literal["digits", "mnist", "fashion_mnist"]
+Scaler = Literal["standard", "minmax", "none"]
+OptimizerName = Literal["sgd", "adam", "rmsprop"]
+Activation = Literal[
+    "relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "softplus", "leaky_relu", "linear"
+]
+Loss = Literal["categorical_crossentropy", "mse"]
+
+# Bounds are generous on purpose: they reject typos and nonsense, not bold experiments.
+LearningRate = Annotated[float, Field(gt=0, le=10)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Decay = Annotated[float, Field(ge=0, lt=1)]
+Epsilon = Annotated[float, Field(gt=0, le=1)]
+
+
+class _Section(BaseModel):
+    # strict: YAML already yields typed values, so "20" for an int is a mistake, not input to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataParams(_Section):
+    """Which dataset, how it is split and scaled."""
+
+    dataset: Dataset = "digits"
+    test_size: Fraction = 0.2
+    val_size: Fraction = 0.1
+    scaler: Scaler = "standard"
+    subset: Annotated[int, Field(ge=20)] | None = None
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> DataParams:
+        if self.test_size + self.val_size >= 0.9:
+            raise ValueError(
+                f"test_size + val_size must leave at least 10 % for training "
+                f"(got {self.test_size} + {self.val_size})"
+            )
+        return self
+
+
+class ModelParams(_Section):
+    """The network: the tutorial's fully connected ANN."""
+
+    type: Literal["ann"] = "ann"
+    hidden_units: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1)] = [
+        64,
+        32,
+    ]
+    activation: Activation = "relu"
+
+
+class TrainParams(_Section):
+    """How a single run trains; the grid overrides `optimizer` per cell."""
+
+    optimizer: OptimizerName = "adam"
+    epochs: Annotated[int, Field(ge=1, le=10000)] = 20
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 32
+    loss: Loss = "categorical_crossentropy"
+
+
+class SGDParams(_Section):
+    """Hyperparameters of keras.optimizers.SGD."""
+
+    learning_rate: LearningRate = 0.01
+    momentum: Decay = 0.0
+    nesterov: bool = False
+
+
+class AdamParams(_Section):
+    """Hyperparameters of keras.optimizers.Adam."""
+
+    learning_rate: LearningRate = 0.001
+    beta_1: Decay = 0.9
+    beta_2: Decay = 0.999
+    epsilon: Epsilon = 1e-7
+
+
+class RMSpropParams(_Section):
+    """Hyperparameters of keras.optimizers.RMSprop."""
+
+    learning_rate: LearningRate = 0.001
+    rho: Decay = 0.9
+    momentum: Decay = 0.0
+    epsilon: Epsilon = 1e-7
+
+
+class OptimizersParams(_Section):
+    """Per-optimizer hyperparameters, `optimizers.<name>.*`."""
+
+    sgd: SGDParams = SGDParams()
+    adam: AdamParams = AdamParams()
+    rmsprop: RMSpropParams = RMSpropParams()
+
+
+class GridParams(_Section):
+    """The optimizer x activation grid; each pair is one DVC matrix cell."""
+
+    optimizer: Annotated[list[OptimizerName], Field(min_length=1)] = ["sgd", "adam", "rmsprop"]
+    activation: Annotated[list[Activation], Field(min_length=1)] = ["relu", "tanh", "sigmoid"]
+
+    @field_validator("optimizer", "activation")
+    @classmethod
+    def _no_duplicates(cls, values: list[str]) -> list[str]:
+        # Each value names a DVC stage (train@<optimizer>-<activation>); twice would clash.
+        duplicates = sorted({v for v in values if values.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"lists {', '.join(duplicates)} more than once; values must be unique")
+        return values
+
+
+class MlflowParams(_Section):
+    """Where runs are filed in MLflow (the store itself comes from the environment)."""
+
+    experiment: Annotated[str, Field(min_length=1, max_length=200)] = "annlab"
+
+
+class Params(_Section):
+    """Everything params.yaml may hold."""
+
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    optimizers: OptimizersParams = OptimizersParams()
+    grid: GridParams = GridParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    def for_cell(self, optimizer: str, activation: str) -> Params:
+        """The params of one grid cell: the grid's optimizer and activation replace the defaults."""
+        return self.model_validate(
+            {
+                **self.model_dump(),
+                "train": {**self.train.model_dump(), "optimizer": optimizer},
+                "model": {**self.model.model_dump(), "activation": activation},
+            }
+        )
+
+    def flat(self) -> dict[str, Any]:
+        """The params as one flat dict with dotted keys, as MLflow logs them."""
+        return _flatten(self.model_dump())
+
+
+class ParamsError(Exception):
+    """params.yaml is missing, unreadable or invalid; the message is for the user."""
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The schema section that owns the key at `loc`, to list its allowed keys."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if p not in ("function-after",))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        owner = _model_at(loc)
+        allowed = sorted(owner.model_fields) if owner else []
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"{key}: unknown key{suggestion} (allowed: {', '.join(allowed)})"
+    message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error["input"], dict):  # a whole section: the message says what is wrong
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {error['input']!r})"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed params mapping; raise ParamsError naming every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors(include_url=False)]
+        raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  {line}" for line in lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read params.yaml with a safe loader and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read the params file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))

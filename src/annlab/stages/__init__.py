@@ -1,0 +1,1 @@
+"""Pipeline stages, one module per DVC stage; each is run as `python -m annlab.stages.<name>`."""

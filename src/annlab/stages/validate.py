@@ -1,0 +1,25 @@
+"""Stage `validate`: check params.yaml before any other stage runs (and so before DVC clears outputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from annlab import cli, io
+from annlab.params import load_params
+
+# Constant on purpose: the stamp orders `validate` before `fetch` without making a valid
+# edit to params.yaml look like a change to the stages downstream.
+STAMP = "params.yaml validated; see dvc.yaml stage 'validate'\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Validate the params file and write the stamp."""
+    p = cli.parser(__doc__)
+    p.add_argument("--stamp", type=Path, required=True, help="file written when params are valid")
+    args = p.parse_args(argv)
+    load_params(args.params)
+    io.write_text(args.stamp, STAMP)
+
+
+if __name__ == "__main__":
+    cli.run(main)
