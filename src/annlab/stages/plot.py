@@ -24,6 +24,7 @@ def curves_figure(history: pd.DataFrame, title: str) -> Any:
         ax.plot(history["epoch"], history[metric], marker="o", ms=3, label=f"training {metric}")
         ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", ms=3, label=f"validation {metric}")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(metric)
         ax.set_title(f"Training vs validation {metric}")
         ax.grid(alpha=0.3)

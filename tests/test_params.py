@@ -1,0 +1,113 @@
+"""Code tests: params.yaml validation, one case per kind of bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from annlab.params import Params, ParamsError, load_params, parse_params
+from conftest import REPO
+
+
+def test_repo_params_are_valid_and_match_the_tutorial() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.data.dataset == "digits"
+    assert params.model.hidden_units == [64, 32]
+    assert (params.train.epochs, params.train.batch_size) == (20, 32)
+    assert params.grid.optimizer == ["sgd", "adam", "rmsprop"]
+    assert params.grid.activation == ["relu", "tanh", "sigmoid"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "allowed"),
+    [
+        ({"train": {"epoch": 3}}, "train.epoch", "did you mean 'epochs'"),  # misspelled
+        ({"colour": "red"}, "colour", "allowed: data, grid"),  # unknown top-level key
+        ({"train": {"epochs": "20"}}, "train.epochs", "valid integer"),  # wrong type
+        ({"train": {"epochs": 2.5}}, "train.epochs", "valid integer"),
+        ({"model": {"hidden_units": 64}}, "model.hidden_units", "valid list"),
+        ({"train": {"epochs": 0}}, "train.epochs", "greater than or equal to 1"),  # out of range
+        ({"train": {"batch_size": -4}}, "train.batch_size", "greater than or equal to 1"),
+        ({"data": {"test_size": 1.5}}, "data.test_size", "less than 1"),
+        ({"data": {"test_size": 0.5, "val_size": 0.45}}, "data", "at least 10 %"),
+        ({"optimizers": {"sgd": {"learning_rate": 0}}}, "optimizers.sgd.learning_rate", "greater than 0"),
+        ({"optimizers": {"adam": {"learning_rate": 50}}}, "optimizers.adam.learning_rate", "less than"),
+        ({"optimizers": {"sgd": {"momentum": 1.2}}}, "optimizers.sgd.momentum", "less than 1"),
+        ({"train": {"optimizer": "adamw"}}, "train.optimizer", "'sgd', 'adam' or 'rmsprop'"),
+        ({"grid": {"optimizer": ["adam", "lion"]}}, "grid.optimizer.1", "'sgd', 'adam' or 'rmsprop'"),
+        ({"model": {"activation": "swishy"}}, "model.activation", "'relu'"),
+        ({"grid": {"activation": ["relu", "Relu"]}}, "grid.activation.1", "'relu'"),
+        ({"data": {"dataset": "cifar10"}}, "data.dataset", "'digits', 'mnist' or 'fashion_mnist'"),
+        ({"data": {"scaler": "robust"}}, "data.scaler", "'standard', 'minmax' or 'none'"),
+        ({"grid": {"optimizer": []}}, "grid.optimizer", "at least 1 item"),  # empty grid
+        ({"grid": {"activation": ["relu", "relu"]}}, "grid.activation", "more than once"),
+        ({"model": {"hidden_units": []}}, "model.hidden_units", "at least 1 item"),
+        ({"mlflow": {"experiment": ""}}, "mlflow.experiment", "at least 1 character"),
+    ],
+)
+def test_bad_params_name_the_key_and_what_is_allowed(raw: dict, key: str, allowed: str) -> None:
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw, "params.yaml")
+    message = str(err.value)
+    assert message.startswith("params.yaml")
+    assert f"  {key}:" in message
+    assert allowed in message
+
+
+def test_every_error_is_reported_at_once() -> None:
+    with pytest.raises(ParamsError) as err:
+        parse_params({"train": {"epochs": 0, "optimizer": "x"}, "seed": -1})
+    assert {"train.epochs:", "train.optimizer:", "seed:"} <= set(str(err.value).split())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("train: [unclosed", "not valid YAML"), ("- just\n- a list\n", "must be a mapping")],
+)
+def test_unreadable_files_are_explained(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=expected):
+        load_params(path)
+
+
+def test_missing_file_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="cannot read"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_for_cell_overrides_only_optimizer_and_activation() -> None:
+    base = Params()
+    cell = base.for_cell("sgd", "tanh")
+    assert (cell.train.optimizer, cell.model.activation) == ("sgd", "tanh")
+    assert cell.model_dump(exclude={"train": {"optimizer"}, "model": {"activation"}}) == base.model_dump(
+        exclude={"train": {"optimizer"}, "model": {"activation"}}
+    )
+
+
+def test_validate_stage_fails_fast_and_writes_nothing(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["epochs"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stamp = tmp_path / "params.ok"
+    proc = subprocess.run(
+        [sys.executable, "-m", "annlab.stages.validate", "--params", "params.yaml", "--stamp", str(stamp)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "train.epochs" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not stamp.exists()

@@ -1,0 +1,94 @@
+"""Data tests: splits are stratified, disjoint and seeded; the scaler sees the training split only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from annlab.datasets import load_digits
+from annlab.params import DataParams
+from annlab.stages.preprocess import apply_scaler, fit_scaler, split_indices
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    images, labels = load_digits()
+    return images.reshape(len(images), -1).astype(np.float64), labels
+
+
+def test_digits_contract(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = digits
+    assert x.shape == (1797, 64)
+    assert set(np.unique(y)) == set(range(10))
+    assert not np.isnan(x).any()
+    assert x.min() >= 0 and x.max() <= 16
+
+
+def test_splits_are_disjoint_complete_and_sized(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    _, y = digits
+    s = split_indices(y, DataParams(test_size=0.2, val_size=0.1), seed=0)
+    union = np.concatenate(list(s.values()))
+    assert len(union) == len(np.unique(union)) == len(y)
+    assert len(s["test"]) == pytest.approx(0.2 * len(y), abs=1)
+    assert len(s["val"]) == pytest.approx(0.1 * len(y), abs=1)
+
+
+def test_splits_are_stratified(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    _, y = digits
+    s = split_indices(y, DataParams(), seed=0)
+    overall = np.bincount(y) / len(y)
+    for idx in s.values():
+        assert np.abs(np.bincount(y[idx], minlength=10) / len(idx) - overall).max() < 0.02
+
+
+def test_splits_depend_on_seed_only(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    _, y = digits
+    a, b = split_indices(y, DataParams(), 1), split_indices(y, DataParams(), 1)
+    c = split_indices(y, DataParams(), 2)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["test"], c["test"])
+
+
+def test_subset_is_stratified_and_sized(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    _, y = digits
+    s = split_indices(y, DataParams(subset=300), seed=0)
+    assert sum(len(i) for i in s.values()) == 300
+    assert set(np.unique(y[s["train"]])) == set(range(10))
+
+
+def test_standard_scaler_uses_training_statistics_only(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = digits
+    s = split_indices(y, DataParams(), seed=0)
+    train = x[s["train"]]
+    state = fit_scaler("standard", train)
+    expected_std = train.std(axis=0)
+    np.testing.assert_allclose(state["shift"], train.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(state["scale"], np.where(expected_std == 0, 1, expected_std), rtol=1e-12)
+    # Fitting on all data would give other statistics: the test would catch leakage.
+    assert not np.allclose(state["shift"], x.mean(axis=0))
+    scaled = apply_scaler(state, train)
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled.mean(axis=0), 0, atol=1e-5)
+    varying = expected_std > 0
+    np.testing.assert_allclose(scaled[:, varying].std(axis=0), 1, atol=1e-5)
+    # Held-out splits are scaled with the training statistics, not their own.
+    test = x[s["test"]]
+    np.testing.assert_allclose(
+        apply_scaler(state, test), (test - state["shift"]) / state["scale"], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_minmax_scaler_maps_training_range_to_unit(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = digits
+    train = x[:1000]
+    state = fit_scaler("minmax", train)
+    span = train.max(axis=0) - train.min(axis=0)
+    np.testing.assert_allclose(state["shift"], train.min(axis=0))
+    np.testing.assert_allclose(state["scale"], np.where(span == 0, 1, span))
+    scaled = apply_scaler(state, train)
+    assert scaled.min() >= 0 and scaled.max() <= 1 + 1e-6
+
+
+def test_no_scaler_is_identity(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = digits
+    np.testing.assert_array_equal(apply_scaler(fit_scaler("none", x), x), x.astype(np.float32))
