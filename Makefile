@@ -27,7 +27,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP) ## Create .venv from the pinned requirements (done by the other targets)
 
-repro: venv ## Run the pipeline: validate params, then `dvc repro` (only what changed)
+repro: venv ## Run the pipeline: check params.yaml, then `dvc repro` (only what changed)
+	@# Before DVC itself reads params.yaml to expand the grid, so even a broken grid gets our message.
+	@PYTHONPATH=src python -m annlab.stages.validate --params params.yaml
 	dvc repro
 
 test: venv ## Run the test suite (includes a small end-to-end `dvc repro`)

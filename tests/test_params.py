@@ -75,6 +75,14 @@ def test_unreadable_files_are_explained(tmp_path: Path, text: str, expected: str
         load_params(path)
 
 
+def test_floats_are_read_as_yaml_1_2_does(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("optimizers:\n  sgd: {learning_rate: 1e-3}\n  adam: {epsilon: 1.0e-08}\n")
+    params = load_params(path)
+    assert params.optimizers.sgd.learning_rate == 0.001
+    assert params.optimizers.adam.epsilon == 1e-8
+
+
 def test_missing_file_is_explained(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="cannot read"):
         load_params(tmp_path / "nope.yaml")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from annlab import io
 from annlab.datasets import load_digits
-from annlab.params import DataParams
+from annlab.params import DataParams, ParamsError
+from annlab.stages import preprocess
 from annlab.stages.preprocess import apply_scaler, fit_scaler, split_indices
 
 
@@ -52,8 +56,44 @@ def test_splits_depend_on_seed_only(digits: tuple[np.ndarray, np.ndarray]) -> No
 def test_subset_is_stratified_and_sized(digits: tuple[np.ndarray, np.ndarray]) -> None:
     _, y = digits
     s = split_indices(y, DataParams(subset=300), seed=0)
-    assert sum(len(i) for i in s.values()) == 300
-    assert set(np.unique(y[s["train"]])) == set(range(10))
+    kept = np.concatenate(list(s.values()))
+    assert len(kept) == 300
+    expected = np.bincount(y) / len(y) * 300
+    assert np.abs(np.bincount(y[kept], minlength=10) - expected).max() <= 1
+
+
+def test_too_small_a_subset_is_a_params_error(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    _, y = digits
+    with pytest.raises(ParamsError, match=r"data\.subset=40 .* at least 10"):
+        split_indices(y, DataParams(subset=40), seed=0)
+
+
+def test_preprocess_stage_writes_a_consistent_contract(tmp_path: Path) -> None:
+    images, labels = load_digits()
+    raw, out = tmp_path / "raw", tmp_path / "processed"
+    io.save_arrays(raw, {"images": images, "labels": labels})
+    (tmp_path / "params.yaml").write_text("seed: 3\ndata: {scaler: standard}\n")
+    preprocess.main(["--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--out", str(out)])
+
+    info = io.read_json(out / "dataset.json")
+    scaler = io.read_json(out / "scaler.json")
+    x = {k: io.load_array(out, f"x_{k}") for k in ("train", "val", "test")}
+    y = {k: io.load_array(out, f"y_{k}") for k in ("train", "val", "test")}
+    assert info["image_shape"] == [8, 8] and info["n_features"] == 64
+    assert info["sizes"] == {k: len(v) for k, v in y.items()}
+    assert sum(info["sizes"].values()) == len(labels)
+    assert all(v.dtype == np.float32 and not np.isnan(v).any() for v in x.values())
+    # The saved scaler is the one that produced x_train, and its mean is x_train's raw mean.
+    features = images.reshape(len(images), -1).astype(np.float64)
+    s = split_indices(labels, DataParams(), seed=3)
+    np.testing.assert_array_equal(y["train"], labels[s["train"]])
+    np.testing.assert_allclose(scaler["shift"], features[s["train"]].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(x["train"], apply_scaler(scaler, features[s["train"]]))
+    np.testing.assert_allclose(x["train"].mean(axis=0), 0, atol=1e-5)
+    # Rerunning gives byte-identical files, so DVC sees no change downstream.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    preprocess.main(["--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_standard_scaler_uses_training_statistics_only(digits: tuple[np.ndarray, np.ndarray]) -> None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
-from annlab.datasets import FetchError
-from annlab.params import ParamsError
-
-USER_ERRORS = (ParamsError, FetchError)
+from annlab.errors import UserError
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -21,8 +19,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a stage's main; a user's mistake prints one clear message and exits with 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any stage imports TensorFlow
     try:
         main(argv)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from annlab.errors import FetchError
+
 # The public files Keras' own loaders use; the SHA-256s pin their exact bytes.
 KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 MIRROR_ENV = "ANNLAB_DATA_URL"
@@ -53,10 +55,6 @@ CLASS_NAMES: dict[str, list[str]] = {
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
     ],
 }  # fmt: skip
-
-
-class FetchError(Exception):
-    """A download failed or did not match its pinned checksum; the message is for the user."""
 
 
 def cache_dir() -> Path:

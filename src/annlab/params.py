@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from annlab.errors import ParamsError
 
 Dataset = Literal["digits", "mnist", "fashion_mnist"]
 Scaler = Literal["standard", "minmax", "none"]
@@ -157,10 +160,6 @@ class Params(_Section):
         return _flatten(self.model_dump())
 
 
-class ParamsError(Exception):
-    """params.yaml is missing, unreadable or invalid; the message is for the user."""
-
-
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
@@ -211,6 +210,24 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  {line}" for line in lines)) from None
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 (and DVC) do: `1e-3` is a number."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read params.yaml with a safe loader and validate it."""
     path = Path(path)
@@ -219,7 +236,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except OSError as exc:
         raise ParamsError(f"{path}: cannot read the params file ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_SafeLoader)  # safe: a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, str(path))

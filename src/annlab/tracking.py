@@ -29,9 +29,19 @@ def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
+SQLITE = "sqlite:///"
+
+
 def tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the project's SQLite store at the repository root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    """$MLFLOW_TRACKING_URI, else the project's SQLite store at the repository root.
+
+    A relative SQLite path is taken from the repository root, so every stage (and every
+    queued experiment, which runs in a temporary copy) writes to the same file.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}{repo_root() / 'mlflow.db'}"
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        uri = f"{SQLITE}{repo_root() / uri.removeprefix(SQLITE)}"
+    return uri
 
 
 def run_key(cell: str, params: dict[str, Any], data_digest: str) -> str:
@@ -60,10 +70,10 @@ def experiment_id(name: str) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    if uri.startswith("sqlite:///"):
+    if uri.startswith(SQLITE):
         # Next to the database, not under whatever directory the stage happens to run in
         # (queued experiments run in temporary copies of the repo).
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+        location = (Path(uri.removeprefix(SQLITE)).parent / "mlartifacts").as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:
@@ -78,12 +88,16 @@ def find_runs(exp_id: str, key: str) -> list[Run]:
     )
 
 
+def _new_run(exp_id: str, key: str, cell: str, tags: dict[str, str]) -> mlflow.ActiveRun:
+    return mlflow.start_run(experiment_id=exp_id, run_name=cell, tags={KEY_TAG: key, CELL_TAG: cell, **tags})
+
+
 def start_cell_run(exp_id: str, key: str, cell: str, tags: dict[str, str]) -> mlflow.ActiveRun:
     """Start the run of a cell, deleting earlier runs of the same cell and inputs."""
     client = MlflowClient()
     for old in find_runs(exp_id, key):
         client.delete_run(old.info.run_id)
-    return mlflow.start_run(experiment_id=exp_id, run_name=cell, tags={KEY_TAG: key, CELL_TAG: cell, **tags})
+    return _new_run(exp_id, key, cell, tags)
 
 
 def resume_cell_run(exp_id: str, key: str, cell: str, tags: dict[str, str]) -> mlflow.ActiveRun:
@@ -92,7 +106,7 @@ def resume_cell_run(exp_id: str, key: str, cell: str, tags: dict[str, str]) -> m
     if runs:
         return mlflow.start_run(run_id=runs[0].info.run_id)
     print(f"warning: no MLflow run found for {cell} (key {key}); starting a new one")
-    return mlflow.start_run(experiment_id=exp_id, run_name=cell, tags={KEY_TAG: key, CELL_TAG: cell, **tags})
+    return _new_run(exp_id, key, cell, tags)
 
 
 def pip_requirements() -> list[str]:

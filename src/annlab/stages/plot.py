@@ -12,12 +12,19 @@ from annlab import cli, io
 from annlab.params import load_params
 
 
-def curves_figure(history: pd.DataFrame, title: str) -> Any:
-    """Accuracy and loss, training vs validation, side by side (the tutorial's figure)."""
+def _pyplot() -> Any:
+    """Matplotlib's pyplot on the file-only Agg backend (stages have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_figure(history: pd.DataFrame, title: str) -> Any:
+    """Accuracy and loss, training vs validation, side by side (the tutorial's figure)."""
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
@@ -35,11 +42,9 @@ def curves_figure(history: pd.DataFrame, title: str) -> Any:
 
 def confusion_figure(report: dict[str, Any], title: str) -> Any:
     """The test-set confusion matrix as an annotated heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = _pyplot()
 
     cm = np.asarray(report["confusion_matrix"])
     names = [c["class"] for c in report["classes"]]
@@ -62,11 +67,9 @@ def confusion_figure(report: dict[str, Any], title: str) -> Any:
 
 def save(fig: Any, path: Path) -> None:
     """Save a figure atomically, with no timestamp in the PNG so reruns give the same bytes."""
-    import matplotlib.pyplot as plt
-
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:

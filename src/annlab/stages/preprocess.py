@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from annlab import cli, datasets, io
+from annlab.errors import ParamsError
 from annlab.params import DataParams, load_params
 
 
@@ -16,6 +17,16 @@ def split_indices(labels: np.ndarray, data: DataParams, seed: int) -> dict[str, 
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(labels))
+    n_total = min(data.subset or len(labels), len(labels))
+    n_classes = len(np.unique(labels))
+    smallest = min(data.test_size, data.val_size) * n_total
+    if smallest < n_classes:
+        # Stratification needs one sample of each class in every split.
+        raise ParamsError(
+            f"params.yaml: data.subset={n_total} with test_size={data.test_size} and "
+            f"val_size={data.val_size} leaves {int(smallest)} samples in the smallest split; "
+            f"each split needs at least {n_classes} (one per class): raise data.subset or the sizes"
+        )
     if data.subset is not None and data.subset < len(labels):
         index, _ = train_test_split(index, train_size=data.subset, stratify=labels, random_state=seed)
     rest, test = train_test_split(index, test_size=data.test_size, stratify=labels[index], random_state=seed)

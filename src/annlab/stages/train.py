@@ -34,10 +34,18 @@ def history_csv(history: dict[str, list[float]]) -> str:
 
 
 def cell_params(params: Params, optimizer: str, activation: str) -> dict[str, Any]:
-    """What is logged as the run's params: the cell's effective params plus its coordinates."""
-    # Grid lists say which cells exist, not how this one trains.
-    flat = params.for_cell(optimizer, activation).flat()
-    flat = {k: v for k, v in flat.items() if not k.startswith("grid.")}
+    """What is logged as the run's params: the cell's effective params plus its coordinates.
+
+    Left out: the grid lists (they say which cells exist, not how this one trains) and the
+    other optimizers' hyperparameters (the cell does not depend on them, and DVC does not
+    rerun it when they change).
+    """
+    own = f"optimizers.{optimizer}."
+    flat = {
+        k: v
+        for k, v in params.for_cell(optimizer, activation).flat().items()
+        if not k.startswith("grid.") and (k.startswith(own) or not k.startswith("optimizers."))
+    }
     return {**flat, "optimizer": optimizer, "activation": activation}
 
 

@@ -13,12 +13,13 @@ STAMP = "params.yaml validated; see dvc.yaml stage 'validate'\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Validate the params file and write the stamp."""
+    """Validate the params file and write the stamp (without --stamp: only check)."""
     p = cli.parser(__doc__)
-    p.add_argument("--stamp", type=Path, required=True, help="file written when params are valid")
+    p.add_argument("--stamp", type=Path, help="file written when params are valid")
     args = p.parse_args(argv)
     load_params(args.params)
-    io.write_text(args.stamp, STAMP)
+    if args.stamp:
+        io.write_text(args.stamp, STAMP)
 
 
 if __name__ == "__main__":

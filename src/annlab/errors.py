@@ -1,0 +1,13 @@
+"""Errors that are the user's to fix: stages print their message, without a traceback."""
+
+
+class UserError(Exception):
+    """Base class: the message says what was wrong, where, and what is allowed."""
+
+
+class ParamsError(UserError):
+    """params.yaml is missing, unreadable or invalid."""
+
+
+class FetchError(UserError):
+    """A download failed or did not match its pinned checksum."""
