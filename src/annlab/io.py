@@ -9,9 +9,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # NumPy is imported where arrays are handled, so `validate` starts faster
+    import numpy as np
 
 
 @contextlib.contextmanager
@@ -56,6 +57,8 @@ def read_json(path: str | Path) -> Any:
 
 def save_arrays(directory: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Save each array as `<name>.npy` in `directory` (plain .npy: no pickle, byte-reproducible)."""
+    import numpy as np
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
@@ -64,4 +67,6 @@ def save_arrays(directory: str | Path, arrays: Mapping[str, np.ndarray]) -> None
 
 def load_array(directory: str | Path, name: str) -> np.ndarray:
     """Load `<name>.npy` from `directory`, refusing pickled objects."""
+    import numpy as np
+
     return np.load(Path(directory) / f"{name}.npy", allow_pickle=False)

@@ -44,6 +44,11 @@ def tracking_uri() -> str:
     return uri
 
 
+def stage_tag(default: str) -> dict[str, str]:
+    """The DVC stage that logs (DVC sets $DVC_STAGE; `default` when a stage runs by hand)."""
+    return {STAGE_TAG: os.environ.get("DVC_STAGE", default)}
+
+
 def run_key(cell: str, params: dict[str, Any], data_digest: str) -> str:
     """A key that is equal exactly when a cell is trained again on the same inputs."""
     blob = json.dumps({"cell": cell, "params": params, "data": data_digest}, sort_keys=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
     exp_id = tracking.experiment_id(params.mlflow.experiment)
     tags = {
-        tracking.STAGE_TAG: os.environ.get("DVC_STAGE", f"evaluate@{meta['cell']}"),
+        **tracking.stage_tag(f"evaluate@{meta['cell']}"),
         tracking.DATASET_TAG: info["dataset"],
     }
     with tracking.resume_cell_run(exp_id, meta["run_key"], meta["cell"], tags):

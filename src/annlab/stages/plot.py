@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     from annlab import tracking
 
     exp_id = tracking.experiment_id(params.mlflow.experiment)
-    tags = {tracking.STAGE_TAG: os.environ.get("DVC_STAGE", f"plot@{meta['cell']}")}
+    tags = tracking.stage_tag(f"plot@{meta['cell']}")
     with tracking.resume_cell_run(exp_id, meta["run_key"], meta["cell"], tags):
         mlflow.log_artifact(str(args.curves), artifact_path="plots")
         mlflow.log_artifact(str(args.confusion), artifact_path="plots")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
     exp_id = tracking.experiment_id(params.mlflow.experiment)
     tags = {
-        tracking.STAGE_TAG: os.environ.get("DVC_STAGE", f"train@{cell}"),
+        **tracking.stage_tag(f"train@{cell}"),
         tracking.DATASET_TAG: info["dataset"],
         "mlflow.source.git.commit": tracking.git_commit(),
         "annlab.data_digest": digest,
