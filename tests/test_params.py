@@ -119,3 +119,28 @@ def test_validate_stage_fails_fast_and_writes_nothing(tmp_path: Path) -> None:
     assert "train.epochs" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not stamp.exists()
+
+
+def test_the_pipeline_needs_every_key_written_out(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    del params["grid"]["seeds"]
+    del params["train"]["loss"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert load_params(path).seeds == [42]  # fine for one stage run by hand
+    with pytest.raises(ParamsError) as err:
+        load_params(path, complete=True)  # not for DVC, which tracks both keys
+    assert "grid.seeds: missing; DVC tracks it, so write it out (default: null)" in str(err.value)
+    assert 'train.loss: missing; DVC tracks it, so write it out (default: "categorical_crossentropy")' in str(
+        err.value
+    )
+    assert load_params(REPO / "params.yaml", complete=True) == Params()
+
+
+def test_seeds_must_be_distinct_and_in_range() -> None:
+    with pytest.raises(ParamsError, match=r"grid.seeds: lists 1 more than once"):
+        parse_params({"grid": {"seeds": [1, 2, 1]}})
+    with pytest.raises(ParamsError, match=r"grid.seeds.0: Input should be greater than or equal to 0"):
+        parse_params({"grid": {"seeds": [-1]}})
+    with pytest.raises(ParamsError, match=r"grid.seeds: List should have at least 1 item"):
+        parse_params({"grid": {"seeds": []}})

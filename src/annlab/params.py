@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +34,7 @@ LearningRate = Annotated[float, Field(gt=0, le=10)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 Decay = Annotated[float, Field(ge=0, lt=1)]
 Epsilon = Annotated[float, Field(gt=0, le=1)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class _Section(BaseModel):
@@ -113,16 +116,18 @@ class OptimizersParams(_Section):
 
 
 class GridParams(_Section):
-    """The optimizer x activation grid; each pair is one DVC matrix cell."""
+    """The optimizer x activation grid; each pair is one DVC matrix cell, trained once per seed."""
 
     optimizer: Annotated[list[OptimizerName], Field(min_length=1)] = ["sgd", "adam", "rmsprop"]
     activation: Annotated[list[Activation], Field(min_length=1)] = ["relu", "tanh", "sigmoid"]
+    # Training seeds (weights and shuffling); the data split always uses the top-level `seed`.
+    seeds: Annotated[list[Seed], Field(min_length=1, max_length=100)] | None = None
 
-    @field_validator("optimizer", "activation")
+    @field_validator("optimizer", "activation", "seeds")
     @classmethod
-    def _no_duplicates(cls, values: list[str]) -> list[str]:
-        # Each value names a DVC stage (train@<optimizer>-<activation>); twice would clash.
-        duplicates = sorted({v for v in values if values.count(v) > 1})
+    def _no_duplicates(cls, values: list[Any] | None) -> list[Any] | None:
+        # Each value names a DVC stage (train@<optimizer>-<activation>) or a run; twice would clash.
+        duplicates = sorted({str(v) for v in values or [] if values.count(v) > 1})
         if duplicates:
             raise ValueError(f"lists {', '.join(duplicates)} more than once; values must be unique")
         return values
@@ -137,7 +142,7 @@ class MlflowParams(_Section):
 class Params(_Section):
     """Everything params.yaml may hold."""
 
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42
+    seed: Seed = 42
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
@@ -154,6 +159,22 @@ class Params(_Section):
                 "model": {**self.model.model_dump(), "activation": activation},
             }
         )
+
+    @property
+    def seeds(self) -> list[int]:
+        """The training seeds of every cell: `grid.seeds`, else the one top-level `seed`."""
+        return list(self.grid.seeds) if self.grid.seeds else [self.seed]
+
+    def grid_id(self) -> str:
+        """A short id, equal exactly when two grids train the same cells on the same setup.
+
+        It hashes every param but the MLflow experiment's name: the grid lists and seeds
+        (which cells exist), and everything that decides how a cell trains.
+        """
+        tree = self.model_dump()
+        tree.pop("mlflow")
+        blob = json.dumps(tree, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def flat(self) -> dict[str, Any]:
         """The params as one flat dict with dotted keys, as MLflow logs them."""
@@ -228,8 +249,22 @@ _SafeLoader.add_implicit_resolver(
 )
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read params.yaml with a safe loader and validate it."""
+def _missing_keys(raw: dict[str, Any]) -> list[str]:
+    """Keys of the schema that the file leaves out (DVC fails on a tracked key that is absent)."""
+    present = set(_flatten(raw))
+    return [
+        f"{key}: missing; DVC tracks it, so write it out (default: {json.dumps(default)})"
+        for key, default in Params().flat().items()
+        if key not in present and not any(key.startswith(p + ".") for p in present)
+    ]
+
+
+def load_params(path: str | Path = "params.yaml", *, complete: bool = False) -> Params:
+    """Read params.yaml with a safe loader and validate it.
+
+    `complete`: also require every key of the schema to be written out, as DVC needs for the
+    keys its stages track (the `validate` stage checks this for the pipeline).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -239,4 +274,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.load(text, Loader=_SafeLoader)  # safe: a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw, str(path))
+    params = parse_params(raw, str(path))
+    missing = _missing_keys(raw or {}) if complete else []
+    if missing:
+        raise ParamsError(f"{path} is invalid:\n" + "\n".join(f"  {line}" for line in missing))
+    return params

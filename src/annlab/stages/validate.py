@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.parser(__doc__)
     p.add_argument("--stamp", type=Path, help="file written when params are valid")
     args = p.parse_args(argv)
-    load_params(args.params)
+    load_params(args.params, complete=True)
     if args.stamp:
         io.write_text(args.stamp, STAMP)
 
