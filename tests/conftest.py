@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,3 +25,43 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     return uri
+
+
+def dvc(repo: Path, *args: str, store: str | None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `dvc` in `repo` as `make` would: this interpreter's bin first on PATH (stages and
+    queue workers call `python` and `dvc` by name). `store`: the MLFLOW_TRACKING_URI the
+    stages get; None leaves it unset, so they use the default store at the repo root."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if store is not None:
+        env["MLFLOW_TRACKING_URI"] = store
+    proc = subprocess.run(
+        [str(Path(bin_dir) / "dvc"), *args], cwd=repo, capture_output=True, text=True, env=env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def small_repo(repo: Path, edit: Callable[[dict[str, Any]], None]) -> str:
+    """A git + DVC copy of the project in `repo` with params.yaml changed by `edit`; its commit."""
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=annlab-test", "-c", "user.email=test@annlab.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q", store=None)
+    dvc(repo, "config", "core.analytics", "false", store=None)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "small pipeline"], cwd=repo, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()

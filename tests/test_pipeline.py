@@ -4,18 +4,16 @@ and run by run through MlflowClient against a temporary store."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import dvc, small_repo
 
 pytestmark = pytest.mark.slow
 
@@ -26,19 +24,7 @@ EPOCHS = 2
 def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     # Every dvc call of this module logs to the pipeline's own store (the per-test store of
     # conftest would split one pipeline's runs across stores).
-    # The stages call `python` by name: make it this interpreter's, as `make` does with .venv/bin.
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "MLFLOW_TRACKING_URI": _store_uri(repo),
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-    }
-    dvc = Path(bin_dir) / "dvc"
-    proc = subprocess.run([str(dvc), *args], cwd=repo, capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return dvc(repo, *args, store=_store_uri(repo), check=check)
 
 
 def _store_uri(repo: Path) -> str:
@@ -63,24 +49,14 @@ def _snapshot(repo: Path) -> dict[str, bytes]:
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A copy of the repo with small params, after one `dvc repro`."""
     repo = tmp_path_factory.mktemp("repo")
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"]["subset"] = 400
-    params["train"]["epochs"] = EPOCHS
-    params["grid"] = {"optimizer": ["sgd", "adam"], "activation": ["relu", "tanh"]}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def small(params: dict) -> None:
+        params["data"]["subset"] = 400
+        params["train"]["epochs"] = EPOCHS
+        params["grid"] = {"optimizer": ["sgd", "adam"], "activation": ["relu", "tanh"], "seeds": None}
+
+    commit = small_repo(repo, small)
     (repo.parent / f"{repo.name}-mlflow").mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    _dvc(repo, "init", "-q")
-    _dvc(repo, "config", "core.analytics", "false")
-    git = ["git", "-c", "user.name=annlab-test", "-c", "user.email=test@annlab.invalid"]
-    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "small pipeline"], cwd=repo, check=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-    ).stdout.strip()
     first = _dvc(repo, "repro")
     return {"repo": repo, "uri": _store_uri(repo), "first": first, "commit": commit}
 
@@ -91,8 +67,19 @@ def _runs(uri: str) -> list:
     return client.search_runs([exp.experiment_id], max_results=1000)
 
 
+def _grid(uri: str, repo: Path) -> tuple:
+    """The parent run of the repo's current grid and its children."""
+    from annlab.params import load_params
+
+    grid_id = load_params(repo / "params.yaml").grid_id()
+    runs = [r for r in _runs(uri) if r.data.tags.get("annlab.grid") == grid_id]
+    (parent,) = [r for r in runs if r.data.tags.get("annlab.role") == "grid"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, children
+
+
 def test_stages_are_named_per_cell(pipeline: dict) -> None:
-    expected = {"validate", "fetch", "preprocess"} | {
+    expected = {"validate", "fetch", "preprocess", "report"} | {
         f"{stage}@{cell}" for stage in ("train", "evaluate", "plot") for cell in CELLS
     }
     assert _ran(pipeline["first"]) == expected
@@ -103,20 +90,23 @@ def test_every_output_is_written(pipeline: dict) -> None:
     info = json.loads((repo / "data/processed/dataset.json").read_text())
     assert sum(info["sizes"].values()) == 400
     for cell in CELLS:
-        assert (repo / f"models/{cell}/model.keras").stat().st_size > 0
-        history = (repo / f"reports/history/{cell}.csv").read_text().splitlines()
+        assert (repo / f"models/{cell}/seed-42/model.keras").stat().st_size > 0
+        history = (repo / f"reports/history/{cell}/seed-42.csv").read_text().splitlines()
         assert history[0] == "epoch,loss,accuracy,val_loss,val_accuracy"
         assert len(history) == 1 + EPOCHS
         metrics = json.loads((repo / f"reports/metrics/{cell}.json").read_text())
         assert {"test_accuracy", "test_loss", "macro_f1", "macro_precision", "macro_recall"} <= set(metrics)
         assert 0 <= metrics["test_accuracy"] <= 1
-        assert metrics["n_test"] == info["sizes"]["test"]
+        assert (metrics["n_test"], metrics["seeds"], metrics["diverged"]) == (info["sizes"]["test"], 1, 0)
         report = json.loads((repo / f"reports/eval/{cell}.json").read_text())
         assert sum(map(sum, report["confusion_matrix"])) == info["sizes"]["test"]
         predictions = (repo / f"reports/predictions/{cell}.csv").read_text().splitlines()
         assert len(predictions) == 1 + info["sizes"]["test"]
         for png in ("curves.png", "confusion_matrix.png"):
-            assert (repo / f"reports/figures/{cell}/{png}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert (repo / f"reports/figures/cells/{cell}/{png}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("accuracy_heatmap", "val_curves_by_activation", "val_curves_by_optimizer"):
+        assert (repo / f"reports/figures/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (repo / "reports/comparison.md").read_text().startswith("# Which optimizer")
 
 
 def test_adam_beats_chance_even_on_small_data(pipeline: dict) -> None:
@@ -124,17 +114,52 @@ def test_adam_beats_chance_even_on_small_data(pipeline: dict) -> None:
     assert metrics["test_accuracy"] > 0.2  # 10 classes: chance is 0.1; 2 short epochs
 
 
-def test_one_mlflow_run_per_cell_with_everything(pipeline: dict) -> None:
+def test_report_equals_the_per_cell_metrics(pipeline: dict) -> None:
+    repo: Path = pipeline["repo"]
+    table = pd.read_csv(repo / "reports/comparison.csv")
+    assert list(table["cell"]) == CELLS
+    markdown = (repo / "reports/comparison.md").read_text()
+    accuracy = markdown.split("## Test accuracy\n\n", 1)[1].split("\n\n", 1)[0]
+    best = max(
+        CELLS, key=lambda c: json.loads((repo / f"reports/metrics/{c}.json").read_text())["test_accuracy"]
+    )
+    for cell, row in zip(CELLS, table.itertuples(), strict=True):
+        metrics = json.loads((repo / f"reports/metrics/{cell}.json").read_text())
+        for key in ("test_accuracy", "test_loss", "macro_f1", "best_val_accuracy"):
+            assert getattr(row, key) == metrics[key]
+        optimizer, activation = cell.split("-")
+        shown = f"{metrics['test_accuracy']:.4f}"
+        line = next(li for li in accuracy.splitlines() if li.startswith(f"| {optimizer} "))
+        column = 1 + ["relu", "tanh"].index(activation)
+        assert line.strip("|").split("|")[column].strip() in (shown, f"**{shown}**")
+    assert f"**Best cell: {best}**" in markdown
+    assert json.loads((repo / "reports/summary.json").read_text())["best_cell"] == best
+    assert f"git commit `{pipeline['commit'][:12]}`" in markdown
+
+
+def test_one_mlflow_run_per_cell_under_one_grid_run(pipeline: dict) -> None:
     repo, uri = pipeline["repo"], pipeline["uri"]
-    runs = _runs(uri)
+    parent, runs = _grid(uri, repo)
+    assert len(_runs(uri)) == 1 + len(CELLS)
     assert sorted(r.info.run_name for r in runs) == sorted(CELLS)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["grid.optimizer"] == "sgd,adam"
     client = MlflowClient(uri)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
+        "report/comparison.md",
+        "report/comparison.csv",
+        "report/accuracy_heatmap.png",
+        "report/val_curves_by_activation.png",
+        "report/val_curves_by_optimizer.png",
+    }
     for run in runs:
         cell = run.info.run_name
         optimizer, activation = cell.split("-")
         assert run.info.status == "FINISHED"
         assert run.data.params["optimizer"] == optimizer
         assert run.data.params["activation"] == activation
+        assert run.data.params["dataset"] == "digits"
+        assert run.data.params["grid_id"] == parent.data.tags["annlab.grid"]
         assert run.data.params["train.epochs"] == str(EPOCHS)
         assert run.data.tags["annlab.stage"] == f"train@{cell}"
         assert run.data.tags["annlab.dataset"] == "digits"
@@ -142,7 +167,7 @@ def test_one_mlflow_run_per_cell_with_everything(pipeline: dict) -> None:
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == list(range(1, EPOCHS + 1))
-        csv_last = (repo / f"reports/history/{cell}.csv").read_text().splitlines()[-1].split(",")
+        csv_last = (repo / f"reports/history/{cell}/seed-42.csv").read_text().splitlines()[-1].split(",")
         assert run.data.metrics["val_accuracy"] == pytest.approx(float(csv_last[4]))
         metrics = json.loads((repo / f"reports/metrics/{cell}.json").read_text())
         for key in ("test_accuracy", "test_loss", "macro_f1"):
@@ -154,7 +179,7 @@ def test_one_mlflow_run_per_cell_with_everything(pipeline: dict) -> None:
             "evaluation",
             "model_summary.txt",
         }
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "history")] == [f"history/{cell}.csv"]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "history")] == ["history/seed-42.csv"]
         assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
             "evaluation/" + f"{cell}.json"
         }
@@ -179,14 +204,14 @@ def test_dvc_metrics_and_plots_show_every_cell(pipeline: dict) -> None:
     metrics = json.loads(_dvc(repo, "metrics", "show", "--json").stdout)
     (workspace,) = metrics.values()  # keyed by revision; the workspace's key is ""
     shown = workspace["data"]
-    for cell in CELLS:
-        expected = json.loads((repo / f"reports/metrics/{cell}.json").read_text())
-        assert shown[f"reports/metrics/{cell}.json"]["data"] == expected
+    for path in [f"reports/metrics/{cell}.json" for cell in CELLS] + ["reports/summary.json"]:
+        assert shown[path]["data"] == json.loads((repo / path).read_text())
     plots = json.loads(_dvc(repo, "plots", "show", "--json").stdout)
     assert not plots.get("errors")
     for cell in CELLS:
-        for path in (f"reports/history/{cell}.csv", f"reports/predictions/{cell}.csv"):
+        for path in (f"reports/history/{cell}/seed-42.csv", f"reports/predictions/{cell}.csv"):
             assert plots["data"][path], f"dvc plots show draws nothing for {path}"
+    assert plots["data"]["reports/figures/accuracy_heatmap.png"]
 
 
 def test_second_repro_is_a_noop_and_status_is_clean(pipeline: dict) -> None:
@@ -222,24 +247,75 @@ def test_bad_params_stop_before_any_output_changes(pipeline: dict) -> None:
 
 def test_rerun_reproduces_metrics_and_replaces_the_run(pipeline: dict) -> None:
     repo, uri = pipeline["repo"], pipeline["uri"]
-    metrics = (repo / "reports/metrics/adam-relu.json").read_bytes()
-    history = (repo / "reports/history/adam-relu.csv").read_bytes()
+    outputs = [
+        "reports/metrics/adam-relu.json",
+        "reports/history/adam-relu/seed-42.csv",
+        "reports/comparison.csv",
+    ]
+    before = {path: (repo / path).read_bytes() for path in outputs}
+    tables = (repo / "reports/comparison.md").read_text().split("## Training time")[0]
     forced = _dvc(repo, "repro", "--force", "--single-item", "train@adam-relu")
     assert _ran(forced) == {"train@adam-relu"}
     _dvc(repo, "repro")
-    assert (repo / "reports/metrics/adam-relu.json").read_bytes() == metrics
-    assert (repo / "reports/history/adam-relu.csv").read_bytes() == history
+    assert {path: (repo / path).read_bytes() for path in outputs} == before
+    assert (repo / "reports/comparison.md").read_text().split("## Training time")[0] == tables
+    _, children = _grid(uri, repo)
     runs = [r for r in _runs(uri) if r.info.run_name == "adam-relu"]
     assert len(runs) == 1, "rerunning a cell on the same inputs must not leave a duplicate run"
+    assert runs[0].info.run_id in {r.info.run_id for r in children}
+    assert runs[0].data.metrics["test_accuracy"] == json.loads(before[outputs[0]])["test_accuracy"]
 
 
-def test_editing_epochs_reruns_only_training_and_after(pipeline: dict) -> None:
-    repo: Path = pipeline["repo"]
+def test_a_cell_reused_from_the_cache_joins_the_new_grid(pipeline: dict) -> None:
+    repo, uri = pipeline["repo"], pipeline["uri"]
+    old_parent, old_children = _grid(uri, repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["optimizers"]["sgd"]["learning_rate"] = 0.05
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = _ran(_dvc(repo, "repro"))
+    sgd = {f"{s}@sgd-{a}" for s in ("train", "evaluate", "plot") for a in ("relu", "tanh")}
+    assert ran == {"validate", "report"} | sgd
+    parent, children = _grid(uri, repo)
+    assert parent.info.run_id != old_parent.info.run_id
+    assert sorted(r.info.run_name for r in children) == sorted(CELLS)
+    trained = {r.info.run_name: r.info.run_id for r in old_children}
+    for run in children:
+        if run.info.run_name.startswith("adam"):  # not retrained: rebuilt from DVC outputs
+            assert run.data.tags["annlab.reused_from"] == trained[run.info.run_name]
+            history = MlflowClient(uri).get_metric_history(run.info.run_id, "val_accuracy")
+            assert [m.step for m in history] == list(range(1, EPOCHS + 1))
+            metrics = json.loads((repo / f"reports/metrics/{run.info.run_name}.json").read_text())
+            assert run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
+        else:
+            assert "annlab.reused_from" not in run.data.tags
+            assert run.data.params["optimizers.sgd.learning_rate"] == "0.05"
+    # The old grid keeps all its runs.
+    still = [r for r in _runs(uri) if r.data.tags.get("mlflow.parentRunId") == old_parent.info.run_id]
+    assert {r.info.run_id for r in still} == {r.info.run_id for r in old_children}
+
+
+def test_editing_epochs_and_seeds_reruns_only_training_and_after(pipeline: dict) -> None:
+    repo, uri = pipeline["repo"], pipeline["uri"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["epochs"] = EPOCHS + 1
+    params["grid"]["seeds"] = [1, 2]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = _dvc(repo, "repro")
     ran = _ran(proc)
     assert {"fetch", "preprocess"}.isdisjoint(ran)
-    assert {f"{s}@{c}" for s in ("train", "evaluate", "plot") for c in CELLS} <= ran
-    assert len((repo / "reports/history/sgd-tanh.csv").read_text().splitlines()) == 2 + EPOCHS
+    assert {f"{s}@{c}" for s in ("train", "evaluate", "plot") for c in CELLS} | {"report"} <= ran
+    for seed in (1, 2):
+        assert (
+            len((repo / f"reports/history/sgd-tanh/seed-{seed}.csv").read_text().splitlines()) == 2 + EPOCHS
+        )
+    metrics = json.loads((repo / "reports/metrics/adam-tanh.json").read_text())
+    per_seed = [
+        s["test_accuracy"] for s in json.loads((repo / "reports/eval/adam-tanh.json").read_text())["seeds"]
+    ]
+    assert metrics["seeds"] == 2
+    assert metrics["test_accuracy"] == pytest.approx(sum(per_seed) / 2)
+    mean, std = metrics["test_accuracy"], metrics["test_accuracy_std"]
+    assert f"{mean:.4f} ± {std:.4f}" in (repo / "reports/comparison.md").read_text()
+    assert len(pd.read_csv(repo / "reports/comparison.csv")) == 2 * len(CELLS)
+    _, children = _grid(uri, repo)
+    assert sorted(r.info.run_name for r in children) == sorted(f"{c} seed={s}" for c in CELLS for s in (1, 2))

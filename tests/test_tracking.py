@@ -38,35 +38,51 @@ def test_experiment_artifacts_live_next_to_the_database(mlflow_store: str) -> No
     assert location == (db.parent / "mlartifacts").as_uri()
 
 
-def test_run_key_changes_with_every_input() -> None:
-    params = cell_params(Params(), "adam", "relu")
-    key = tracking.run_key("adam-relu", params, "digest")
-    assert key == tracking.run_key("adam-relu", dict(params), "digest")
-    assert key != tracking.run_key("adam-tanh", params, "digest")
-    assert key != tracking.run_key("adam-relu", {**params, "train.epochs": 21}, "digest")
-    assert key != tracking.run_key("adam-relu", params, "other data")
+def test_keys_change_with_every_input() -> None:
+    params = cell_params(Params(), "adam", "relu", 42)
+    key = tracking.cell_key("adam-relu", params, "digest")
+    assert key == tracking.cell_key("adam-relu", dict(params), "digest")
+    assert key != tracking.cell_key("adam-tanh", params, "digest")
+    assert key != tracking.cell_key("adam-relu", {**params, "train.epochs": 21}, "digest")
+    assert key != tracking.cell_key("adam-relu", cell_params(Params(), "adam", "relu", 1), "digest")
+    assert key != tracking.cell_key("adam-relu", params, "other data")
+    # The same cell in another grid is another run.
+    assert tracking.run_key(key, "grid-a") != tracking.run_key(key, "grid-b")
 
 
 def test_cell_params_hold_the_cell_and_only_its_own_optimizer() -> None:
-    logged = cell_params(Params(), "sgd", "tanh")
-    assert (logged["optimizer"], logged["activation"]) == ("sgd", "tanh")
+    logged = cell_params(Params(), "sgd", "tanh", 7)
+    assert (logged["optimizer"], logged["activation"], logged["dataset"]) == ("sgd", "tanh", "digits")
     assert (logged["train.optimizer"], logged["model.activation"]) == ("sgd", "tanh")
+    assert (logged["seed"], logged["split_seed"]) == (7, 42)
     assert logged["optimizers.sgd.learning_rate"] == 0.01
     assert not any(k.startswith(("optimizers.adam", "optimizers.rmsprop", "grid.")) for k in logged)
 
 
-def test_start_replaces_runs_with_the_same_key() -> None:
+def test_cell_runs_are_children_of_one_grid_run_and_reruns_replace_them() -> None:
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     exp_id = tracking.experiment_id("demo")
+    parent = tracking.grid_run(exp_id, "g1", "grid one", {})
+    assert tracking.grid_run(exp_id, "g1", "grid one", {}) == parent
+    assert tracking.grid_run(exp_id, "g2", "grid two", {}) != parent
     for _ in range(2):
-        with tracking.start_cell_run(exp_id, "k1", "adam-relu", {}):
+        with tracking.start_cell_run(exp_id, "k1", "adam-relu", parent, {}):
             mlflow.log_metric("x", 1)
-    with tracking.start_cell_run(exp_id, "k2", "adam-relu", {}):
+    with tracking.start_cell_run(exp_id, "k2", "adam-tanh", parent, {}):
         pass
-    assert len(tracking.find_runs(exp_id, "k1")) == 1
-    assert len(tracking.find_runs(exp_id, "k2")) == 1
-    with tracking.resume_cell_run(exp_id, "k1", "adam-relu", {}):
-        mlflow.log_metric("test_accuracy", 0.5)
-    (run,) = tracking.find_runs(exp_id, "k1")
-    assert run.data.metrics == {"x": 1, "test_accuracy": 0.5}
+    (run,) = tracking.find_runs(exp_id, {tracking.KEY_TAG: "k1"})
+    assert run.data.metrics == {"x": 1}
+    assert len(tracking.find_runs(exp_id, {tracking.KEY_TAG: "k2"})) == 1
+    children = MlflowClient().search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(r.info.run_name for r in children) == ["adam-relu", "adam-tanh"]
+    assert (
+        tracking.find_runs(exp_id, {tracking.GRID_TAG: "g1", tracking.ROLE_TAG: "grid"})[0].info.run_id
+        == parent
+    )
+
+
+def test_run_names_carry_the_seed_only_when_there_are_several() -> None:
+    assert tracking.cell_run_name("adam-relu", 42, [42]) == "adam-relu"
+    assert tracking.cell_run_name("adam-relu", 2, [1, 2]) == "adam-relu seed=2"

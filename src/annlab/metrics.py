@@ -6,6 +6,9 @@ from typing import Any
 
 import numpy as np
 
+# The scalar test metrics `evaluate` returns (besides the sample count `n_test`).
+TEST_METRICS = ["test_accuracy", "test_loss", "macro_precision", "macro_recall", "macro_f1", "weighted_f1"]
+
 # Keras clips probabilities the same way, so our loss equals `model.evaluate`'s.
 EPSILON = 1e-7
 
@@ -73,3 +76,37 @@ def evaluate(
         "confusion_matrix": cm.tolist(),
     }
     return scalars, report
+
+
+# The per-seed numbers a cell reports, in table order; test metrics are None for a diverged seed.
+SEED_METRICS = [*TEST_METRICS, "best_val_accuracy", "best_epoch", "epochs_run"]
+# Which of them also get a standard deviation across seeds in a cell's metrics file.
+SPREAD_METRICS = ["test_accuracy", "test_loss", "macro_f1", "best_val_accuracy"]
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1) of the values that are not None.
+
+    None when nothing is left; the deviation is None for a single value, not 0: one seed
+    says nothing about the spread.
+    """
+    kept = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if kept.size == 0:
+        return None, None
+    return float(kept.mean()), float(kept.std(ddof=1)) if kept.size > 1 else None
+
+
+def cell_summary(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """A cell's metrics over its seeds: one seed's values as they are, else the mean (and
+    `<metric>_std`) over the seeds that did not diverge, with `seeds` and `diverged` counts."""
+    converged = [s for s in seeds if not s["diverged"]]
+    summary: dict[str, Any] = {"seeds": len(seeds), "diverged": len(seeds) - len(converged)}
+    summary["n_test"] = seeds[0]["n_test"]
+    if len(seeds) == 1:
+        return {**summary, **{k: seeds[0][k] for k in SEED_METRICS}}
+    for key in SEED_METRICS:
+        mean, std = mean_std([s[key] for s in converged])
+        summary[key] = mean
+        if key in SPREAD_METRICS:
+            summary[f"{key}_std"] = std
+    return summary

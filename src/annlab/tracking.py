@@ -6,6 +6,7 @@ written into DVC-tracked files, so reruns with the same inputs replace rather th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,10 +19,17 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-KEY_TAG = "annlab.key"
+from annlab.params import Params
+
+KEY_TAG = "annlab.key"  # one (cell, seed, inputs) in one grid: reruns replace the run
+CELL_KEY_TAG = "annlab.cell_key"  # the same cell and seed trained on the same inputs, in any grid
 CELL_TAG = "annlab.cell"
 STAGE_TAG = "annlab.stage"
 DATASET_TAG = "annlab.dataset"
+GRID_TAG = "annlab.grid"
+ROLE_TAG = "annlab.role"  # "grid" for a grid's parent run, "cell" for a cell's run
+REUSED_TAG = "annlab.reused_from"  # the run that trained a cell DVC took from its cache
+PARENT_TAG = "mlflow.parentRunId"  # what MLflow's own nesting sets; works across processes
 
 
 def repo_root() -> Path:
@@ -49,10 +57,43 @@ def stage_tag(default: str) -> dict[str, str]:
     return {STAGE_TAG: os.environ.get("DVC_STAGE", default)}
 
 
-def run_key(cell: str, params: dict[str, Any], data_digest: str) -> str:
-    """A key that is equal exactly when a cell is trained again on the same inputs."""
+def cell_key(cell: str, params: dict[str, Any], data_digest: str) -> str:
+    """A key that is equal exactly when a cell is trained again on the same inputs and seed."""
     blob = json.dumps({"cell": cell, "params": params, "data": data_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def run_key(cell_key: str, grid_id: str) -> str:
+    """The key of a cell's run within one grid (a cell reused by another grid gets its own run)."""
+    return hashlib.sha256(f"{cell_key}:{grid_id}".encode()).hexdigest()[:32]
+
+
+def cell_run_name(cell: str, seed: int, seeds: list[int]) -> str:
+    """A run is named after its cell, and its seed when the grid has several."""
+    return cell if len(seeds) == 1 else f"{cell} seed={seed}"
+
+
+def grid_name(params: Params) -> str:
+    """A readable name for a grid's parent run: what was trained, and the grid id."""
+    units = "-".join(map(str, params.model.hidden_units))
+    return f"grid {params.data.dataset} {params.model.type} {units} ({params.grid_id()[:8]})"
+
+
+def grid_tags(params: Params) -> dict[str, str]:
+    """Tags of a grid's parent run; the note is what the UI shows on the run's page."""
+    grid = params.grid
+    note = (
+        f"annlab grid `{params.grid_id()}`: {params.model.type} "
+        f"{'-'.join(map(str, params.model.hidden_units))} on {params.data.dataset}, "
+        f"{params.train.epochs} epochs, batch {params.train.batch_size}; "
+        f"optimizers {', '.join(grid.optimizer)} x activations {', '.join(grid.activation)}; "
+        f"seeds {', '.join(map(str, params.seeds))}. Each cell is a child run; "
+        "the comparison report and figures are this run's artifacts."
+    )
+    tags = {DATASET_TAG: params.data.dataset, "mlflow.note.content": note}
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`: which experiment made this grid
+        tags["annlab.dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    return tags
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -66,52 +107,71 @@ def git_commit(cwd: Path | None = None) -> str:
     return out.stdout.strip()
 
 
+def _store_lock(uri: str) -> contextlib.AbstractContextManager[object]:
+    """For a SQLite store, an inter-process lock on it (else nothing).
+
+    MLflow creates and migrates a new database on first use; two stages doing that at once
+    (parallel queued experiments) leave it broken, so the first use is serialized.
+    """
+    if not uri.startswith(SQLITE):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix(SQLITE))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{db}.lock", timeout=300)
+
+
 def experiment_id(name: str) -> str:
     """Point MLflow at the store and return the experiment's id, creating it if needed."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    with _store_lock(uri):
+        client = MlflowClient()
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if uri.startswith(SQLITE):
+            # Next to the database, not under whatever directory the stage happens to run in
+            # (queued experiments run in temporary copies of the repo).
+            location = (Path(uri.removeprefix(SQLITE)).parent / "mlartifacts").as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            # Another stage created it first (a tracking server is not covered by the lock).
+            return client.get_experiment_by_name(name).experiment_id
+
+
+def find_runs(exp_id: str, filters: dict[str, str]) -> list[Run]:
+    """The live runs whose tags equal `filters`, newest first."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
+    return MlflowClient().search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"])
+
+
+def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str]) -> str:
+    """The id of the grid's parent run, created (RUNNING until the report ends it) if missing."""
+    found = find_runs(exp_id, {GRID_TAG: grid_id, ROLE_TAG: "grid"})
+    if found:
+        return found[-1].info.run_id  # the oldest, should two stages have raced to create one
+    run = MlflowClient().create_run(exp_id, run_name=name, tags={GRID_TAG: grid_id, ROLE_TAG: "grid", **tags})
+    return run.info.run_id
+
+
+def start_cell_run(
+    exp_id: str, key: str, name: str, parent_id: str, tags: dict[str, str]
+) -> mlflow.ActiveRun:
+    """Start a cell's run under its grid's run, deleting earlier runs with the same key."""
     client = MlflowClient()
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if uri.startswith(SQLITE):
-        # Next to the database, not under whatever directory the stage happens to run in
-        # (queued experiments run in temporary copies of the repo).
-        location = (Path(uri.removeprefix(SQLITE)).parent / "mlartifacts").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:
-        # Another stage created it first.
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def find_runs(exp_id: str, key: str) -> list[Run]:
-    """The live runs carrying `key`, newest first."""
-    return MlflowClient().search_runs(
-        [exp_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", order_by=["attributes.start_time DESC"]
-    )
-
-
-def _new_run(exp_id: str, key: str, cell: str, tags: dict[str, str]) -> mlflow.ActiveRun:
-    return mlflow.start_run(experiment_id=exp_id, run_name=cell, tags={KEY_TAG: key, CELL_TAG: cell, **tags})
-
-
-def start_cell_run(exp_id: str, key: str, cell: str, tags: dict[str, str]) -> mlflow.ActiveRun:
-    """Start the run of a cell, deleting earlier runs of the same cell and inputs."""
-    client = MlflowClient()
-    for old in find_runs(exp_id, key):
+    for old in find_runs(exp_id, {KEY_TAG: key}):
         client.delete_run(old.info.run_id)
-    return _new_run(exp_id, key, cell, tags)
-
-
-def resume_cell_run(exp_id: str, key: str, cell: str, tags: dict[str, str]) -> mlflow.ActiveRun:
-    """Reopen the run that trained this cell; start one if the store lost it."""
-    runs = find_runs(exp_id, key)
-    if runs:
-        return mlflow.start_run(run_id=runs[0].info.run_id)
-    print(f"warning: no MLflow run found for {cell} (key {key}); starting a new one")
-    return _new_run(exp_id, key, cell, tags)
+    # The parent is named by tag rather than `parent_run_id=`, which needs the parent to be
+    # active: a grid whose report has finished it may still gain a rerun cell.
+    return mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=name,
+        tags={KEY_TAG: key, ROLE_TAG: "cell", PARENT_TAG: parent_id, **tags},
+    )
 
 
 def pip_requirements() -> list[str]:

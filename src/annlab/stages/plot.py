@@ -7,34 +7,29 @@ from typing import Any
 
 import pandas as pd
 
-from annlab import cli, io
+from annlab import cli, figures, io
 from annlab.params import load_params
 
 
-def _pyplot() -> Any:
-    """Matplotlib's pyplot on the file-only Agg backend (stages have no display)."""
-    import matplotlib
+def curves_figure(histories: dict[int, pd.DataFrame], title: str) -> Any:
+    """Accuracy and loss, training vs validation, side by side (the tutorial's figure).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def curves_figure(history: pd.DataFrame, title: str) -> Any:
-    """Accuracy and loss, training vs validation, side by side (the tutorial's figure)."""
-    plt = _pyplot()
+    With several seeds each curve is the mean over seeds with a ±1 std band.
+    """
+    plt = figures.pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
-        ax.plot(history["epoch"], history[metric], marker="o", ms=3, label=f"training {metric}")
-        ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", ms=3, label=f"validation {metric}")
+        for column, label in ((metric, f"training {metric}"), (f"val_{metric}", f"validation {metric}")):
+            figures.plot_band(ax, figures.seed_band(histories, column), label, marker="o", ms=3)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(metric)
         ax.set_title(f"Training vs validation {metric}")
         ax.grid(alpha=0.3)
         ax.legend()
+    if metric == "loss" and max(h["loss"].abs().max() for h in histories.values()) > 1e3:
+        axes[1].set_yscale("log")  # a diverging seed's loss would flatten every other curve
     fig.suptitle(title)
     return fig
 
@@ -43,10 +38,10 @@ def confusion_figure(report: dict[str, Any], title: str) -> Any:
     """The test-set confusion matrix as an annotated heatmap."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = figures.pyplot()
 
     cm = np.asarray(report["confusion_matrix"])
-    names = [c["class"] for c in report["classes"]]
+    names = report["class_names"]
     fig, ax = plt.subplots(figsize=(6.4, 5.6), layout="constrained")
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, shrink=0.8)
@@ -64,39 +59,29 @@ def confusion_figure(report: dict[str, Any], title: str) -> Any:
     return fig
 
 
-def save(fig: Any, path: Path) -> None:
-    """Save a figure atomically, with no timestamp in the PNG so reruns give the same bytes."""
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    _pyplot().close(fig)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Draw the cell's figures and attach them (with history and report) to its MLflow run."""
+    """Draw the cell's learning curves (over its seeds) and its test confusion matrix."""
     p = cli.parser(__doc__)
-    p.add_argument("--model-dir", type=Path, required=True, help="train's output folder (meta.json)")
-    p.add_argument("--history", type=Path, required=True)
-    p.add_argument("--report", type=Path, required=True)
+    p.add_argument("--history", type=Path, required=True, help="train's per-seed history folder")
+    p.add_argument("--report", type=Path, required=True, help="evaluate's report JSON")
     p.add_argument("--curves", type=Path, required=True, help="learning-curves PNG")
     p.add_argument("--confusion", type=Path, required=True, help="confusion-matrix PNG")
     args = p.parse_args(argv)
     params = load_params(args.params)
-    meta = io.read_json(args.model_dir / "meta.json")
-    title = f"{meta['cell']} ({meta['dataset']}, {meta['model']})"
-
-    save(curves_figure(pd.read_csv(args.history), title), args.curves)
-    save(confusion_figure(io.read_json(args.report), f"Confusion matrix: {title}"), args.confusion)
-
-    import mlflow
-
-    from annlab import tracking
-
-    exp_id = tracking.experiment_id(params.mlflow.experiment)
-    tags = tracking.stage_tag(f"plot@{meta['cell']}")
-    with tracking.resume_cell_run(exp_id, meta["run_key"], meta["cell"], tags):
-        mlflow.log_artifact(str(args.curves), artifact_path="plots")
-        mlflow.log_artifact(str(args.confusion), artifact_path="plots")
-    print(f"plot: {meta['cell']} -> {args.curves}, {args.confusion}")
+    cell = args.history.name
+    report = io.read_json(args.report)
+    seeds = [s["seed"] for s in report["seeds"]]
+    diverged = [str(s["seed"]) for s in report["seeds"] if s["diverged"]]
+    title = (
+        f"{cell} ({params.data.dataset}, {params.model.type} "
+        f"{'-'.join(map(str, params.model.hidden_units))}"
+        + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "")
+        + ")"
+        + (f", diverged: seed {', '.join(diverged)}" if diverged else "")
+    )
+    figures.save(curves_figure(figures.read_histories(args.history), title), args.curves)
+    figures.save(confusion_figure(report, f"Confusion matrix: {cell}"), args.confusion)
+    print(f"plot: {cell} -> {args.curves}, {args.confusion}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -32,9 +33,10 @@ def history_csv(history: dict[str, list[float]]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def cell_params(params: Params, optimizer: str, activation: str) -> dict[str, Any]:
-    """What is logged as the run's params: the cell's effective params plus its coordinates.
+def cell_params(params: Params, optimizer: str, activation: str, seed: int) -> dict[str, Any]:
+    """What is logged as a run's params: the cell's effective params plus its coordinates.
 
+    `seed` is the run's training seed (weights, shuffling); `split_seed` the data split's.
     Left out: the grid lists (they say which cells exist, not how this one trains) and the
     other optimizers' hyperparameters (the cell does not depend on them, and DVC does not
     rerun it when they change).
@@ -45,17 +47,48 @@ def cell_params(params: Params, optimizer: str, activation: str) -> dict[str, An
         for k, v in params.for_cell(optimizer, activation).flat().items()
         if not k.startswith("grid.") and (k.startswith(own) or not k.startswith("optimizers."))
     }
-    return {**flat, "optimizer": optimizer, "activation": activation}
+    return {
+        **flat,
+        "optimizer": optimizer,
+        "activation": activation,
+        "dataset": params.data.dataset,
+        "seed": seed,
+        "split_seed": params.seed,
+    }
+
+
+def diverged_epoch(history: dict[str, list[float]]) -> int | None:
+    """The first epoch (from 1) whose loss or metrics are NaN or infinite, if any."""
+    for i in range(len(history["loss"])):
+        if not all(math.isfinite(history[c][i]) for c in HISTORY_COLUMNS[1:]):
+            return i + 1
+    return None
+
+
+def best_epoch(history: dict[str, list[float]]) -> tuple[float | None, int | None]:
+    """The best validation accuracy and the first epoch (from 1) that reached it."""
+    finite = [(v, i + 1) for i, v in enumerate(history["val_accuracy"]) if math.isfinite(v)]
+    if not finite:
+        return None, None
+    best = max(v for v, _ in finite)
+    return best, next(epoch for v, epoch in finite if v == best)
+
+
+def summary_text(model: Any) -> str:
+    """Keras' model summary as text."""
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Train the cell, save model and history, log everything to MLflow."""
+    """Train the cell once per seed; save models and histories; log each seed as an MLflow run."""
     p = cli.parser(__doc__)
     p.add_argument("--optimizer", required=True)
     p.add_argument("--activation", required=True)
     p.add_argument("--data", type=Path, required=True, help="preprocess's output folder")
-    p.add_argument("--model-dir", type=Path, required=True, help="folder for the model and meta")
-    p.add_argument("--history", type=Path, required=True, help="per-epoch history CSV")
+    p.add_argument("--model-dir", type=Path, required=True, help="folder for one model per seed")
+    p.add_argument("--history", type=Path, required=True, help="folder for one history CSV per seed")
     args = p.parse_args(argv)
     base = load_params(args.params)
     params = base.for_cell(args.optimizer, args.activation)
@@ -68,86 +101,109 @@ def main(argv: list[str] | None = None) -> None:
     from annlab import model as annmodel
     from annlab import tracking
 
-    annmodel.seed_everything(params.seed)
     info = io.read_json(args.data / "dataset.json")
     n_classes = len(info["class_names"])
     x_train, y_train = io.load_array(args.data, "x_train"), io.load_array(args.data, "y_train")
     x_val, y_val = io.load_array(args.data, "x_val"), io.load_array(args.data, "y_val")
     digest = data_digest(args.data)
-    logged_params = cell_params(base, args.optimizer, args.activation)
-    key = tracking.run_key(cell, logged_params, digest)
+    grid_id = base.grid_id()
 
     exp_id = tracking.experiment_id(params.mlflow.experiment)
+    parent_id = tracking.grid_run(exp_id, grid_id, tracking.grid_name(base), tracking.grid_tags(base))
     tags = {
         **tracking.stage_tag(f"train@{cell}"),
         tracking.DATASET_TAG: info["dataset"],
+        tracking.CELL_TAG: cell,
+        tracking.GRID_TAG: grid_id,
         "mlflow.source.git.commit": tracking.git_commit(),
         "annlab.data_digest": digest,
     }
 
     class EpochLogger(keras.callbacks.Callback):
-        """Log each epoch's metrics as it ends (step = epoch, from 1), so the UI shows progress."""
+        """Log each epoch's metrics as it ends (step = epoch, from 1), so the UI shows progress;
+        stop at the first epoch whose loss is no longer finite (the cell has diverged)."""
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            mlflow.log_metrics(logs, step=epoch + 1)
+            if not all(math.isfinite(v) for v in logs.values()):
+                self.model.stop_training = True
 
-    with tracking.start_cell_run(exp_id, key, cell, tags):
-        mlflow.log_params(logged_params)
-        mlflow.log_input(
-            mlflow.data.from_numpy(x_train, targets=y_train, name=f"{info['dataset']}-train"),
-            context="training",
-        )
-        mlflow.log_input(
-            mlflow.data.from_numpy(x_val, targets=y_val, name=f"{info['dataset']}-val"),
-            context="validation",
-        )
-        model = annmodel.compiled_model(params, x_train.shape[1], n_classes)
-        started = time.perf_counter()
-        fit = model.fit(
-            x_train,
-            one_hot(y_train, n_classes),
-            validation_data=(x_val, one_hot(y_val, n_classes)),
-            epochs=params.train.epochs,
-            batch_size=params.train.batch_size,
-            shuffle=True,
-            verbose=1 if sys.stdout.isatty() else 2,
-            callbacks=[EpochLogger()],
-        )
-        train_seconds = time.perf_counter() - started
-        mlflow.log_metric("train_seconds", train_seconds)
+    def train_seed(seed: int, seed_dir: Path, history_path: Path) -> str:
+        """Train one seed of the cell in its own MLflow run, save it; return a one-line summary."""
+        annmodel.seed_everything(seed)
+        logged_params = cell_params(base, args.optimizer, args.activation, seed)
+        key = tracking.cell_key(cell, logged_params, digest)
+        name = tracking.cell_run_name(cell, seed, base.seeds)
+        run_tags = {**tags, tracking.CELL_KEY_TAG: key}
+        with tracking.start_cell_run(exp_id, tracking.run_key(key, grid_id), name, parent_id, run_tags):
+            mlflow.log_params({**logged_params, "grid_id": grid_id})
+            for split, (x, y) in {"training": (x_train, y_train), "validation": (x_val, y_val)}.items():
+                dataset = mlflow.data.from_numpy(x, targets=y, name=f"{info['dataset']}-{split}")
+                mlflow.log_input(dataset, context=split)
+            model = annmodel.compiled_model(params, x_train.shape[1], n_classes)
+            started = time.perf_counter()
+            fit = model.fit(
+                x_train,
+                one_hot(y_train, n_classes),
+                validation_data=(x_val, one_hot(y_val, n_classes)),
+                epochs=params.train.epochs,
+                batch_size=params.train.batch_size,
+                shuffle=True,
+                verbose=1 if sys.stdout.isatty() else 2,
+                callbacks=[EpochLogger()],
+            )
+            seconds = time.perf_counter() - started
+            history = {c: [float(v) for v in fit.history[c]] for c in HISTORY_COLUMNS[1:]}
+            diverged_at = diverged_epoch(history)
+            best_val, best_at = best_epoch(history)
+            epochs_run = len(history["loss"])
+            mlflow.log_metrics({"train_seconds": seconds, "diverged": float(diverged_at is not None)})
+            mlflow.set_tag("annlab.diverged", str(diverged_at is not None).lower())
 
-        meta = {
-            "cell": cell,
-            "optimizer": args.optimizer,
-            "activation": args.activation,
-            "loss": params.train.loss,
-            "dataset": info["dataset"],
-            "model": f"{params.model.type} {'-'.join(map(str, params.model.hidden_units))}",
-            "run_key": key,
-            "data_digest": digest,
-            "epochs_run": len(fit.history["loss"]),
-        }
-        with io.atomic_path(args.model_dir) as tmp:
-            tmp.mkdir()
-            model.save(tmp / "model.keras")
-            io.write_json(tmp / "meta.json", meta)
-            # Timings are not reproducible, so they stay out of the metrics files DVC compares.
-            io.write_json(tmp / "timing.json", {"train_seconds": train_seconds})
-        io.write_text(args.history, history_csv(fit.history))
+            seed_dir.mkdir()
+            model.save(seed_dir / "model.keras")
+            meta = {
+                "cell": cell,
+                "seed": seed,
+                "optimizer": args.optimizer,
+                "activation": args.activation,
+                "loss": params.train.loss,
+                "dataset": info["dataset"],
+                "model": f"{params.model.type} {'-'.join(map(str, params.model.hidden_units))}",
+                "cell_key": key,
+                "data_digest": digest,
+                "epochs_run": epochs_run,
+                "diverged": diverged_at is not None,
+                "diverged_epoch": diverged_at,
+                "best_val_accuracy": best_val,
+                "best_epoch": best_at,
+            }
+            io.write_json(seed_dir / "meta.json", meta)
+            # Timings are not reproducible, so they stay out of the files DVC compares.
+            timing = {"train_seconds": seconds, "seconds_per_epoch": seconds / epochs_run}
+            io.write_json(seed_dir / "timing.json", timing)
+            io.write_text(history_path, history_csv(history))
 
-        mlflow.log_artifact(str(args.history), artifact_path="history")
-        summary: list[str] = []
-        model.summary(print_fn=lambda line, **_: summary.append(line))
-        mlflow.log_text("\n".join(summary), "model_summary.txt")
-        mlflow.log_metric("n_params", model.count_params())
-        signature = mlflow.models.infer_signature(x_val[:5], model.predict(x_val[:5], verbose=0))
-        mlflow.keras.log_model(
-            model,
-            name="model",
-            signature=signature,
-            pip_requirements=tracking.pip_requirements(),
-        )
-    print(f"train: {cell}: val_accuracy={fit.history['val_accuracy'][-1]:.4f} in {train_seconds:.1f}s")
+            mlflow.log_artifact(str(history_path), artifact_path="history")
+            mlflow.log_text(summary_text(model), "model_summary.txt")
+            mlflow.log_metric("n_params", model.count_params())
+            if diverged_at is not None:
+                # NaN weights: no model worth serving, and nothing to test.
+                return f"train: {name}: diverged at epoch {diverged_at} (loss no longer finite); stopped"
+            signature = mlflow.models.infer_signature(x_val[:5], model.predict(x_val[:5], verbose=0))
+            mlflow.keras.log_model(
+                model, name="model", signature=signature, pip_requirements=tracking.pip_requirements()
+            )
+        return f"train: {name}: val_accuracy={history['val_accuracy'][-1]:.4f} in {seconds:.1f}s"
+
+    # One atomic write for all seeds: a failure leaves the previous outputs, never a partial cell.
+    with io.atomic_path(args.model_dir) as model_dir, io.atomic_path(args.history) as history_dir:
+        model_dir.mkdir()
+        history_dir.mkdir()
+        for n, seed in enumerate(base.seeds, start=1):
+            print(f"train: {cell} seed {seed} ({n}/{len(base.seeds)})", flush=True)
+            print(train_seed(seed, model_dir / f"seed-{seed}", history_dir / f"seed-{seed}.csv"))
 
 
 if __name__ == "__main__":

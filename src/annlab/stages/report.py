@@ -1,0 +1,257 @@
+"""Stage `report`: compare the grid's cells in reports/ (from DVC outputs only), then file the
+grid in MLflow as one parent run with every cell's run as a child."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from annlab import cli, figures, io
+from annlab import report as rep
+from annlab.errors import UserError
+from annlab.metrics import SEED_METRICS, TEST_METRICS
+from annlab.params import Params, load_params
+
+
+def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Per (cell, seed): its metrics, its timing, and train's meta and timing (for MLflow)."""
+    rows, timings, metas = [], [], {}
+    for cell, optimizer, activation in rep.cells(params):
+        path = eval_dir / f"{cell}.json"
+        if not path.is_file():
+            raise UserError(f"{path}: missing; cell {cell} of the grid has not been evaluated")
+        by_seed = {s["seed"]: s for s in io.read_json(path)["seeds"]}
+        if sorted(by_seed) != sorted(params.seeds):
+            raise UserError(
+                f"{path}: holds seeds {sorted(by_seed)}, but params.yaml asks for {sorted(params.seeds)};"
+                " run `dvc repro` so the cell is trained again"
+            )
+        for seed in params.seeds:
+            entry = by_seed[seed]
+            coords = {"cell": cell, "optimizer": optimizer, "activation": activation, "seed": seed}
+            rows.append(
+                {
+                    **coords,
+                    "diverged": bool(entry["diverged"]),
+                    "diverged_epoch": entry["diverged_epoch"],
+                    **{k: entry[k] for k in SEED_METRICS},
+                    "n_test": entry["n_test"],
+                }
+            )
+            seed_dir = models_dir / cell / f"seed-{seed}"
+            timing = io.read_json(seed_dir / "timing.json")
+            timings.append({**coords, **timing, "epochs_run": entry["epochs_run"]})
+            metas[cell, seed] = {**io.read_json(seed_dir / "meta.json"), **timing}
+    frame = pd.DataFrame(rows, columns=rep.ROW_COLUMNS)
+    for column in rep.ROW_COLUMNS[4:]:
+        if column in rep.INT_COLUMNS:
+            frame[column] = frame[column].astype("Int64")  # stays an int where a value is missing
+        elif column != "diverged":
+            frame[column] = pd.to_numeric(frame[column]).astype(float)
+    return frame, pd.DataFrame(timings, columns=rep.TIMING_COLUMNS), metas
+
+
+@dataclass(frozen=True)
+class GridOutputs:
+    """The DVC outputs the report files in MLflow, besides the rows."""
+
+    metas: dict[tuple[str, int], dict[str, Any]]  # train's meta and timing per (cell, seed)
+    histories: dict[str, dict[int, pd.DataFrame]]
+    cell_figures: Path
+    eval_dir: Path
+    data_dir: Path
+    grid_files: list[Path]
+
+
+TEST_METRIC_KEYS = [*TEST_METRICS, "best_val_accuracy", "best_epoch", "n_test"]
+
+
+def log_to_mlflow(params: Params, rows: pd.DataFrame, out: GridOutputs) -> None:
+    """File the grid in MLflow: its parent run, a child per (cell, seed) with test metrics,
+    test dataset and figures, and the report on the parent.
+
+    Runs are found by key, so rerunning the report logs nothing twice. A cell that DVC took
+    from its cache (trained for another grid, e.g. before another optimizer's learning rate
+    changed) gets a child rebuilt from its DVC outputs, pointing at the run that trained it.
+    """
+    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from annlab import tracking
+    from annlab.stages.train import cell_params
+
+    exp_id = tracking.experiment_id(params.mlflow.experiment)  # sets the store: before any client
+    client = MlflowClient()
+    grid_id = params.grid_id()
+    parent_id = tracking.grid_run(exp_id, grid_id, tracking.grid_name(params), tracking.grid_tags(params))
+    info = io.read_json(out.data_dir / "dataset.json")
+    x_test, y_test = io.load_array(out.data_dir, "x_test"), io.load_array(out.data_dir, "y_test")
+    test_set = mlflow.data.from_numpy(x_test, targets=y_test, name=f"{info['dataset']}-testing")
+
+    for _, row in rows.iterrows():
+        cell, seed = row["cell"], int(row["seed"])
+        meta = out.metas[cell, seed]
+        key = tracking.run_key(meta["cell_key"], grid_id)
+        found = tracking.find_runs(exp_id, {tracking.KEY_TAG: key})
+        if found:
+            context = mlflow.start_run(run_id=found[0].info.run_id)
+        else:
+            trained = [
+                r
+                for r in tracking.find_runs(exp_id, {tracking.CELL_KEY_TAG: meta["cell_key"]})
+                if tracking.REUSED_TAG not in r.data.tags
+            ]
+            origin = trained[0].info.run_id if trained else "unknown"
+            context = mlflow.start_run(
+                experiment_id=exp_id,
+                run_name=tracking.cell_run_name(cell, seed, params.seeds),
+                tags={
+                    tracking.KEY_TAG: key,
+                    tracking.CELL_KEY_TAG: meta["cell_key"],
+                    tracking.ROLE_TAG: "cell",
+                    tracking.PARENT_TAG: parent_id,
+                    tracking.CELL_TAG: cell,
+                    tracking.GRID_TAG: grid_id,
+                    tracking.DATASET_TAG: meta["dataset"],
+                    tracking.REUSED_TAG: origin,
+                    "annlab.diverged": str(meta["diverged"]).lower(),
+                    **tracking.stage_tag("report"),
+                    "mlflow.note.content": (
+                        "DVC reused this cell from its cache: it was trained (same params, data and"
+                        f" seed) in run {origin}, which holds the model. Rebuilt here from the DVC"
+                        " outputs so that this grid is complete."
+                    ),
+                },
+            )
+        with context as run:
+            if not found:
+                mlflow.log_params(
+                    {**cell_params(params, row["optimizer"], row["activation"], seed), "grid_id": grid_id}
+                )
+                history = out.histories[cell][seed]
+                curves = [
+                    Metric(column, float(value), 0, int(epoch))
+                    for column in ("loss", "accuracy", "val_loss", "val_accuracy")
+                    for epoch, value in zip(history["epoch"], history[column], strict=True)
+                ]
+                client.log_batch(run.info.run_id, metrics=curves)
+                mlflow.log_metrics(
+                    {"diverged": float(meta["diverged"]), "train_seconds": float(meta["train_seconds"])}
+                )
+            # Test metrics come from evaluate's files: log what the run lacks or holds differently.
+            logged = found[0].data.metrics if found else {}
+            wanted = {k: float(row[k]) for k in TEST_METRIC_KEYS if not pd.isna(row[k])}
+            changed = {k: v for k, v in wanted.items() if logged.get(k) != v}
+            if changed:
+                mlflow.log_metrics(changed)
+            contexts = {
+                tag.value
+                for i in (found[0].inputs.dataset_inputs if found else [])
+                for tag in i.tags
+                if tag.key == "mlflow.data.context"
+            }
+            if "testing" not in contexts:
+                mlflow.log_input(test_set, context="testing")
+            for name in ("curves.png", "confusion_matrix.png"):
+                mlflow.log_artifact(str(out.cell_figures / cell / name), artifact_path="plots")
+            mlflow.log_artifact(str(out.eval_dir / f"{cell}.json"), artifact_path="evaluation")
+
+    summary = rep.summary_metrics(rows)
+    with mlflow.start_run(run_id=parent_id):
+        if "grid_id" not in client.get_run(parent_id).data.params:
+            mlflow.log_params(
+                {
+                    "dataset": params.data.dataset,
+                    "model": f"{params.model.type} {'-'.join(map(str, params.model.hidden_units))}",
+                    "epochs": params.train.epochs,
+                    "batch_size": params.train.batch_size,
+                    "grid.optimizer": ",".join(params.grid.optimizer),
+                    "grid.activation": ",".join(params.grid.activation),
+                    "seeds": ",".join(map(str, params.seeds)),
+                    "grid_id": grid_id,
+                }
+            )
+        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+        mlflow.set_tag("annlab.best_cell", str(summary["best_cell"]))
+        for path in out.grid_files:
+            mlflow.log_artifact(str(path), artifact_path="report")
+    print(f"report: MLflow grid run {parent_id} with {len(rows)} child runs, in {mlflow.get_tracking_uri()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write the comparison report, its CSVs and figures; file the grid in MLflow."""
+    p = cli.parser(__doc__)
+    p.add_argument("--data", type=Path, required=True, help="preprocess's output (the test split)")
+    p.add_argument("--eval", type=Path, required=True, help="evaluate's per-cell report folder")
+    p.add_argument("--history", type=Path, required=True, help="train's per-cell history folders")
+    p.add_argument("--models", type=Path, required=True, help="train's model folders (meta, timings)")
+    p.add_argument("--cell-figures", type=Path, required=True, help="plot's per-cell figure folders")
+    p.add_argument("--markdown", type=Path, required=True, help="the report, Markdown")
+    p.add_argument("--csv", type=Path, required=True, help="one row per cell and seed, every metric")
+    p.add_argument("--timings", type=Path, required=True, help="training time per cell and seed, CSV")
+    p.add_argument("--summary", type=Path, required=True, help="headline metrics JSON (dvc metrics)")
+    p.add_argument("--heatmap", type=Path, required=True, help="test-accuracy heatmap PNG")
+    p.add_argument("--curves-by-activation", type=Path, required=True, help="PNG, a panel per activation")
+    p.add_argument("--curves-by-optimizer", type=Path, required=True, help="PNG, a panel per optimizer")
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+
+    rows, timings, metas = read_rows(params, args.eval, args.models)
+    histories = {cell: figures.read_histories(args.history / cell) for cell, _, _ in rep.cells(params)}
+    summary = rep.summarize(rows)
+    data_name = params.data.dataset
+    figures.save(
+        rep.heatmap_figure(summary, params, "test_accuracy", f"Test accuracy ({data_name})"), args.heatmap
+    )
+    figures.save(
+        rep.curves_figure(
+            histories, params.grid.activation, params.grid.optimizer, lambda a, o: f"{o}-{a}",
+            "activation", "optimizer", f"Validation curves per optimizer ({data_name})",
+        ),
+        args.curves_by_activation,
+    )  # fmt: skip
+    figures.save(
+        rep.curves_figure(
+            histories, params.grid.optimizer, params.grid.activation, lambda o, a: f"{o}-{a}",
+            "optimizer", "activation", f"Validation curves per activation ({data_name})",
+        ),
+        args.curves_by_optimizer,
+    )  # fmt: skip
+    shown = {
+        "Test accuracy per optimizer and activation": args.heatmap,
+        "Validation curves, one panel per activation": args.curves_by_activation,
+        "Validation curves, one panel per optimizer": args.curves_by_optimizer,
+    }
+    links = {title: _relative(path, args.markdown.parent) for title, path in shown.items()}
+
+    from annlab.tracking import git_commit
+
+    io.write_text(args.markdown, rep.comparison_markdown(params, rows, timings, git_commit(), links))
+    io.write_text(args.csv, rows.to_csv(index=False, lineterminator="\n"))
+    io.write_text(args.timings, timings.to_csv(index=False, lineterminator="\n", float_format="%.3f"))
+    io.write_json(args.summary, rep.summary_metrics(rows))
+    best = rep.best_cell(summary)
+    print(f"report: {len(rows)} runs in {len(summary)} cells; best {best}; -> {args.markdown}")
+
+    outputs = GridOutputs(
+        metas=metas,
+        histories=histories,
+        cell_figures=args.cell_figures,
+        eval_dir=args.eval,
+        data_dir=args.data,
+        grid_files=[args.markdown, args.csv, args.timings, args.summary, *shown.values()],
+    )
+    log_to_mlflow(params, rows, outputs)
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+if __name__ == "__main__":
+    cli.run(main)
