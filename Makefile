@@ -6,13 +6,16 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 PORT ?= 5000
+# `make sweep`: one queued experiment per value (space-separated overrides, comma-separated values).
+SET ?= optimizers.sgd.learning_rate=0.05,0.1
+JOBS ?= 2
 
 # Everything below (and DVC queue workers started from here) finds dvc, mlflow and python in .venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}
 
-.PHONY: help venv repro test lint format ui clean
+.PHONY: help venv repro sweep test lint format ui clean
 
 help: ## List the targets with their purpose
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,6 +34,15 @@ repro: venv ## Run the pipeline: check params.yaml, then `dvc repro` (only what 
 	@# Before DVC itself reads params.yaml to expand the grid, so even a broken grid gets our message.
 	@PYTHONPATH=src python -m annlab.stages.validate --params params.yaml
 	dvc repro
+
+sweep: venv ## Queue one experiment per value of SET (key=v1,v2), run JOBS at a time, show them
+	@PYTHONPATH=src python -m annlab.stages.validate --params params.yaml
+	dvc exp run --queue $(foreach s,$(SET),-S '$(s)')
+	dvc queue start -j $(JOBS)
+	@echo "waiting for the queue; follow one with: dvc queue logs -f <name>"
+	@while dvc queue status | grep -qwE 'Queued|Running'; do sleep 10; done
+	dvc queue status
+	dvc exp show --md --only-changed --drop 'Created|reports/metrics/.*|reports/summary.json:(cells|runs)'
 
 test: venv ## Run the test suite (includes a small end-to-end `dvc repro`)
 	python -m pytest
