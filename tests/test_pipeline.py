@@ -172,6 +172,9 @@ def test_one_mlflow_run_per_cell_under_one_grid_run(pipeline: dict) -> None:
         metrics = json.loads((repo / f"reports/metrics/{cell}.json").read_text())
         for key in ("test_accuracy", "test_loss", "macro_f1"):
             assert run.data.metrics[key] == metrics[key]
+        # The report logs test metrics later; the run's duration stays its training's.
+        (tested,) = client.get_metric_history(run.info.run_id, "test_accuracy")
+        assert run.info.end_time < tested.timestamp
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert artifacts == {"plots/curves.png", "plots/confusion_matrix.png"}
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {

@@ -43,13 +43,7 @@ def _row(cell: str, seed: int, acc: float | None, *, diverged_epoch: int | None 
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=rep.ROW_COLUMNS)
-    for column in rep.ROW_COLUMNS[4:]:
-        if column in rep.INT_COLUMNS:
-            frame[column] = frame[column].astype("Int64")
-        elif column != "diverged":
-            frame[column] = pd.to_numeric(frame[column]).astype(float)
-    return frame
+    return rep.rows_frame(rows)
 
 
 def _params(seeds: list[int] | None = None) -> Params:
@@ -136,7 +130,7 @@ def _timings(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_pivots_show_each_cell_and_mark_the_best(one_seed: pd.DataFrame) -> None:
-    markdown = rep.comparison_markdown(_params(), one_seed, _timings(one_seed), "0123456789abcdef", {})
+    markdown = rep.comparison_markdown(_params(), one_seed, _timings(one_seed), "0123456789ab", {})
     accuracy = _pivot(markdown, "Test accuracy")
     assert accuracy == {
         ("sgd", "relu"): "diverged (epoch 4)",
@@ -181,11 +175,41 @@ def test_metric_tables_do_not_depend_on_timings(one_seed: pd.DataFrame) -> None:
 
 
 def test_csv_has_a_row_per_cell_and_seed_with_every_metric(three_seeds: pd.DataFrame) -> None:
-    text = three_seeds.to_csv(index=False, lineterminator="\n")
+    text = rep.rows_csv(three_seeds)
     back = pd.read_csv(stdio.StringIO(text))
     assert len(back) == 12
     assert {"optimizer", "activation", "seed", "test_accuracy", "test_loss", "macro_f1"} <= set(back)
     assert back["test_accuracy"].isna().sum() == 1
+    diverged = text.splitlines()[3].split(",")  # sgd-relu seed 3
+    assert diverged[:6] == ["sgd-relu", "sgd", "relu", "3", "True", "3"]
+    assert diverged[6] == ""  # no test accuracy, not "nan"
+    assert text.splitlines()[1].split(",")[13] == "6"  # an epoch stays a whole number
+    assert rep.rows_csv(rep.rows_frame(three_seeds.to_dict("records"))) == text
+
+
+def test_a_cell_with_diverged_seeds_ranks_after_a_stable_one() -> None:
+    rows = _frame(
+        [
+            _row("sgd-relu", 1, 0.95),
+            _row("sgd-relu", 2, None, diverged_epoch=2),  # the survivor looks best ...
+            _row("sgd-tanh", 1, 0.90),
+            _row("sgd-tanh", 2, 0.92),
+            *(_row(c, s, 0.5) for c in ("adam-relu", "adam-tanh") for s in (1, 2)),
+        ]
+    )
+    order = list(rep.leaderboard_order(rep.summarize(rows))["cell"])
+    assert order[0] == "sgd-tanh"  # ... but the stable cell is the best
+    assert order[-1] == "sgd-relu"
+
+
+def test_ties_are_judged_at_the_precision_shown() -> None:
+    a, b = _row("adam-relu", 42, 0.96001), _row("adam-tanh", 42, 0.96004)
+    a["macro_f1"], b["macro_f1"] = 0.97, 0.95
+    rows = _frame([a, b, _row("sgd-relu", 42, 0.5), _row("sgd-tanh", 42, 0.5)])
+    assert rep.best_cell(rep.summarize(rows)) == "adam-relu"  # both read 0.9600; F1 decides
+    markdown = rep.comparison_markdown(_params(), rows, _timings(rows), "abc", {})
+    accuracy = _pivot(markdown, "Test accuracy")
+    assert accuracy["adam", "relu"] == accuracy["adam", "tanh"] == "**0.9600**"
 
 
 def test_summary_metrics_name_the_best_cell(three_seeds: pd.DataFrame) -> None:
@@ -207,6 +231,18 @@ def test_cell_summary_of_evaluate_matches_the_report(three_seeds: pd.DataFrame) 
     assert cell["test_accuracy_std"] == pytest.approx(table["test_accuracy_std"])
 
 
+def test_cell_summary_of_one_diverged_seed_has_no_scores() -> None:
+    (row,) = _frame([_row("sgd-relu", 42, None, diverged_epoch=4)]).to_dict("records")
+    seed = {k: (None if pd.isna(v) else v) for k, v in row.items()}
+    seed["best_val_accuracy"], seed["best_epoch"] = 0.5, 3  # before it diverged
+    cell = metrics.cell_summary([seed])
+    assert (cell["seeds"], cell["diverged"]) == (1, 1)
+    assert all(cell[k] is None for k in metrics.SEED_METRICS)
+    assert not any(k.endswith("_std") for k in cell)  # one seed: no spread to report
+    converged = metrics.cell_summary([_row("adam-relu", 42, 0.9)])
+    assert converged["best_epoch"] == 47 and isinstance(converged["best_epoch"], int)
+
+
 def test_mean_std_needs_two_values_for_a_spread() -> None:
     assert metrics.mean_std([]) == (None, None)
     assert metrics.mean_std([None, 0.5]) == (0.5, None)
@@ -216,6 +252,7 @@ def test_mean_std_needs_two_values_for_a_spread() -> None:
 def test_grid_id_ignores_only_the_experiment_name() -> None:
     base = Params()
     assert base.grid_id() == parse_params({"mlflow": {"experiment": "other"}}).grid_id()
+    assert base.grid_id() == parse_params({"train": {"optimizer": "sgd"}}).grid_id()  # cells override it
     assert base.grid_id() != parse_params({"train": {"epochs": 21}}).grid_id()
     assert base.grid_id() != parse_params({"grid": {"seeds": [1, 2]}}).grid_id()
     assert base.seeds == [42]

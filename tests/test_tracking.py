@@ -8,7 +8,6 @@ import pytest
 
 from annlab import tracking
 from annlab.params import Params
-from annlab.stages.train import cell_params
 
 
 def test_default_store_is_at_the_dvc_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -36,22 +35,23 @@ def test_experiment_artifacts_live_next_to_the_database(mlflow_store: str) -> No
     location = MlflowClient().get_experiment(exp_id).artifact_location
     db = Path(mlflow_store.removeprefix("sqlite:///"))
     assert location == (db.parent / "mlartifacts").as_uri()
+    assert MlflowClient().get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_keys_change_with_every_input() -> None:
-    params = cell_params(Params(), "adam", "relu", 42)
+    params = tracking.cell_params(Params(), "adam", "relu", 42)
     key = tracking.cell_key("adam-relu", params, "digest")
     assert key == tracking.cell_key("adam-relu", dict(params), "digest")
     assert key != tracking.cell_key("adam-tanh", params, "digest")
     assert key != tracking.cell_key("adam-relu", {**params, "train.epochs": 21}, "digest")
-    assert key != tracking.cell_key("adam-relu", cell_params(Params(), "adam", "relu", 1), "digest")
+    assert key != tracking.cell_key("adam-relu", tracking.cell_params(Params(), "adam", "relu", 1), "digest")
     assert key != tracking.cell_key("adam-relu", params, "other data")
     # The same cell in another grid is another run.
     assert tracking.run_key(key, "grid-a") != tracking.run_key(key, "grid-b")
 
 
 def test_cell_params_hold_the_cell_and_only_its_own_optimizer() -> None:
-    logged = cell_params(Params(), "sgd", "tanh", 7)
+    logged = tracking.cell_params(Params(), "sgd", "tanh", 7)
     assert (logged["optimizer"], logged["activation"], logged["dataset"]) == ("sgd", "tanh", "digits")
     assert (logged["train.optimizer"], logged["model.activation"]) == ("sgd", "tanh")
     assert (logged["seed"], logged["split_seed"]) == (7, 42)

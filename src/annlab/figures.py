@@ -56,3 +56,16 @@ def plot_band(ax: Any, band: pd.DataFrame, label: str, **style: Any) -> None:
             band["epoch"], band["mean"] - band["std"], band["mean"] + band["std"],
             color=line.get_color(), alpha=0.15, linewidth=0,
         )  # fmt: skip
+
+
+def largest_finite(histories: list[pd.DataFrame], column: str) -> float:
+    """The largest finite value of `column` over the histories (0 when there is none)."""
+    values = (
+        np.concatenate([h[column].to_numpy(dtype=float) for h in histories]) if histories else np.empty(0)
+    )
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+# Above this, a loss axis turns logarithmic: a diverging run would flatten every other curve.
+LOG_SCALE_ABOVE = 100.0

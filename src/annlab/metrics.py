@@ -97,16 +97,18 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 
 def cell_summary(seeds: list[dict[str, Any]]) -> dict[str, Any]:
-    """A cell's metrics over its seeds: one seed's values as they are, else the mean (and
-    `<metric>_std`) over the seeds that did not diverge, with `seeds` and `diverged` counts."""
+    """A cell's metrics over its seeds, with `seeds` and `diverged` counts.
+
+    Each metric is the mean over the seeds that did not diverge (None if all did): one
+    seed's value as it is. With several seeds, `<metric>_std` gives the spread.
+    """
     converged = [s for s in seeds if not s["diverged"]]
     summary: dict[str, Any] = {"seeds": len(seeds), "diverged": len(seeds) - len(converged)}
     summary["n_test"] = seeds[0]["n_test"]
-    if len(seeds) == 1:
-        return {**summary, **{k: seeds[0][k] for k in SEED_METRICS}}
     for key in SEED_METRICS:
-        mean, std = mean_std([s[key] for s in converged])
-        summary[key] = mean
-        if key in SPREAD_METRICS:
+        values = [s[key] for s in converged]
+        mean, std = mean_std(values)
+        summary[key] = values[0] if len(values) == 1 else mean  # one seed keeps its int epochs
+        if key in SPREAD_METRICS and len(seeds) > 1:
             summary[f"{key}_std"] = std
     return summary

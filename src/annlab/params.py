@@ -168,11 +168,14 @@ class Params(_Section):
     def grid_id(self) -> str:
         """A short id, equal exactly when two grids train the same cells on the same setup.
 
-        It hashes every param but the MLflow experiment's name: the grid lists and seeds
-        (which cells exist), and everything that decides how a cell trains.
+        It hashes every param but the MLflow experiment's name and the single-run defaults
+        that every cell overrides (`train.optimizer`, `model.activation`): the grid lists and
+        seeds (which cells exist), and everything that decides how a cell trains.
         """
         tree = self.model_dump()
         tree.pop("mlflow")
+        tree["train"].pop("optimizer")
+        tree["model"].pop("activation")
         blob = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

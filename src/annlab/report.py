@@ -56,6 +56,25 @@ PIVOTS = [
 ]
 
 
+def rows_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per-seed records as the table the report works on: whole numbers stay whole where a
+    value is missing (a diverged seed), the rest are floats (NaN for missing)."""
+    frame = pd.DataFrame(records, columns=ROW_COLUMNS)
+    for column in ROW_COLUMNS[4:]:
+        if column in INT_COLUMNS:
+            frame[column] = frame[column].astype("Int64")
+        elif column == "diverged":
+            frame[column] = frame[column].astype(bool)
+        else:
+            frame[column] = pd.to_numeric(frame[column]).astype(float)
+    return frame
+
+
+def rows_csv(rows: pd.DataFrame) -> str:
+    """comparison.csv: one row per cell and seed, every metric at full precision."""
+    return rows.to_csv(index=False, lineterminator="\n")
+
+
 def cells(params: Params) -> list[tuple[str, str, str]]:
     """(cell, optimizer, activation) of the grid, in params order (optimizer-major)."""
     return [(f"{o}-{a}", o, a) for o in params.grid.optimizer for a in params.grid.activation]
@@ -87,23 +106,31 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_cell(summary: pd.DataFrame) -> str | None:
-    """The cell with the highest mean test accuracy; ties go to macro F1, then lower test loss,
-    then grid order. None when every cell diverged."""
+    """The first cell of the leaderboard; None when every cell diverged."""
     ranked = leaderboard_order(summary)
     ranked = ranked[ranked["test_accuracy"].notna()]
     return None if ranked.empty else str(ranked["cell"].iloc[0])
 
 
 def leaderboard_order(summary: pd.DataFrame) -> pd.DataFrame:
-    """Cells best first (diverged cells last), as `best_cell` ranks them."""
+    """Cells best first: cells none of whose seeds diverged, then by the share of diverged
+    seeds (a lucky survivor does not beat a stable cell); within that, higher mean test
+    accuracy, then macro F1, then lower test loss, each as shown (4 decimals, so two cells
+    that read the same are not ranked by float noise), then grid order."""
     keyed = summary.assign(
         _order=range(len(summary)),
-        _acc=-summary["test_accuracy"].fillna(-np.inf),
-        _f1=-summary["macro_f1"].fillna(-np.inf),
-        _loss=summary["test_loss"].fillna(np.inf),
+        _unstable=summary["diverged"] / summary["seeds"],
+        _acc=-shown(summary["test_accuracy"]).fillna(-np.inf),
+        _f1=-shown(summary["macro_f1"]).fillna(-np.inf),
+        _loss=shown(summary["test_loss"]).fillna(np.inf),
     )
-    ranked = keyed.sort_values(["_acc", "_f1", "_loss", "_order"], kind="stable")
-    return ranked.drop(columns=["_order", "_acc", "_f1", "_loss"]).reset_index(drop=True)
+    ranked = keyed.sort_values(["_unstable", "_acc", "_f1", "_loss", "_order"], kind="stable")
+    return ranked.drop(columns=["_order", "_unstable", "_acc", "_f1", "_loss"]).reset_index(drop=True)
+
+
+def shown(values: pd.Series, digits: int = 4) -> pd.Series:
+    """Values at the precision the tables show them, for ranking and marking the best."""
+    return values.astype(float).round(digits)
 
 
 def fmt_value(record: pd.Series, metric: str, digits: int) -> str:
@@ -130,8 +157,8 @@ def fmt_value(record: pd.Series, metric: str, digits: int) -> str:
 def pivot_table(summary: pd.DataFrame, params: Params, pivot: Pivot) -> str:
     """A Markdown table, optimizers as rows and activations as columns; the best value in bold."""
     best = None
-    values = summary[pivot.metric].dropna()
-    if pivot.higher_is_better is not None and not values.empty:
+    values = shown(summary[pivot.metric], pivot.digits)
+    if pivot.higher_is_better is not None and values.notna().any():
         best = values.max() if pivot.higher_is_better else values.min()
     by_cell = summary.set_index("cell")
     table = []
@@ -140,7 +167,8 @@ def pivot_table(summary: pd.DataFrame, params: Params, pivot: Pivot) -> str:
         for activation in params.grid.activation:
             record = by_cell.loc[f"{optimizer}-{activation}"]
             text = fmt_value(record, pivot.metric, pivot.digits)
-            row[activation] = f"**{text}**" if best is not None and record[pivot.metric] == best else text
+            is_best = best is not None and round(float(record[pivot.metric]), pivot.digits) == best
+            row[activation] = f"**{text}**" if is_best else text
         table.append(row)
     return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
 
@@ -192,7 +220,7 @@ def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
             f" loss {train.loss}",
             f"- **Training**: {train.epochs} epochs, batch {train.batch_size}; {hyper}",
             f"- **Seeds**: {seed_text}",
-            f"- **Code**: git commit `{commit[:12]}`; grid id `{params.grid_id()}` (the MLflow parent run's"
+            f"- **Code**: git commit `{commit}`; grid id `{params.grid_id()}` (the MLflow parent run's"
             " `annlab.grid` tag)",
         ]
     )
@@ -274,7 +302,9 @@ def summary_metrics(rows: pd.DataFrame) -> dict[str, Any]:
         "runs": len(rows),
         "diverged_runs": int(rows["diverged"].astype(bool).sum()),
         "best_cell": best,
+        # over the cells that have a test accuracy (not every seed diverged)
         "mean_test_accuracy": _or_none(summary["test_accuracy"].mean()),
+        "tested_cells": int(summary["test_accuracy"].notna().sum()),
     }
     if best is not None:
         record = summary.set_index("cell").loc[best]
@@ -350,14 +380,9 @@ def curves_figure(
             if metric == "val_loss":
                 ax.set_xlabel("epoch")
                 ax.xaxis.get_major_locator().set_params(integer=True)
-                if _largest_finite(histories, "val_loss") > 100:
-                    ax.set_yscale("log")  # a diverging cell's loss would flatten the others
+                every = [h for cell in histories.values() for h in cell.values()]
+                if figures.largest_finite(every, "val_loss") > figures.LOG_SCALE_ABOVE:
+                    ax.set_yscale("log")
         axes[0][j].legend(fontsize=8)
     fig.suptitle(title)
     return fig
-
-
-def _largest_finite(histories: dict[str, dict[int, pd.DataFrame]], column: str) -> float:
-    values = [h[column].to_numpy(dtype=float) for cell in histories.values() for h in cell.values()]
-    finite = np.concatenate(values)[np.isfinite(np.concatenate(values))] if values else np.empty(0)
-    return float(finite.max()) if finite.size else 0.0

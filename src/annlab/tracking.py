@@ -29,6 +29,8 @@ DATASET_TAG = "annlab.dataset"
 GRID_TAG = "annlab.grid"
 ROLE_TAG = "annlab.role"  # "grid" for a grid's parent run, "cell" for a cell's run
 REUSED_TAG = "annlab.reused_from"  # the run that trained a cell DVC took from its cache
+# MLflow 3's UI opens an experiment of this kind on its training runs table, not the GenAI view.
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 PARENT_TAG = "mlflow.parentRunId"  # what MLflow's own nesting sets; works across processes
 
 
@@ -55,6 +57,30 @@ def tracking_uri() -> str:
 def stage_tag(default: str) -> dict[str, str]:
     """The DVC stage that logs (DVC sets $DVC_STAGE; `default` when a stage runs by hand)."""
     return {STAGE_TAG: os.environ.get("DVC_STAGE", default)}
+
+
+def cell_params(params: Params, optimizer: str, activation: str, seed: int) -> dict[str, Any]:
+    """What is logged as a run's params: the cell's effective params plus its coordinates.
+
+    `seed` is the run's training seed (weights, shuffling); `split_seed` the data split's.
+    Left out: the grid lists (they say which cells exist, not how this one trains) and the
+    other optimizers' hyperparameters (the cell does not depend on them, and DVC does not
+    rerun it when they change).
+    """
+    own = f"optimizers.{optimizer}."
+    flat = {
+        k: v
+        for k, v in params.for_cell(optimizer, activation).flat().items()
+        if not k.startswith("grid.") and (k.startswith(own) or not k.startswith("optimizers."))
+    }
+    return {
+        **flat,
+        "optimizer": optimizer,
+        "activation": activation,
+        "dataset": params.data.dataset,
+        "seed": seed,
+        "split_seed": params.seed,
+    }
 
 
 def cell_key(cell: str, params: dict[str, Any], data_digest: str) -> str:
@@ -122,6 +148,22 @@ def _store_lock(uri: str) -> contextlib.AbstractContextManager[object]:
     return FileLock(f"{db}.lock", timeout=300)
 
 
+def code_version(cwd: Path | None = None) -> str:
+    """The short commit, flagged when the pipeline's code (src/, dvc.yaml) differs from it."""
+    commit = git_commit(cwd)
+    try:
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "dvc.yaml"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return commit[:12]
+    return commit[:12] + (" + uncommitted changes to src/ or dvc.yaml" if changed else "")  # fmt: skip
+
+
 def experiment_id(name: str) -> str:
     """Point MLflow at the store and return the experiment's id, creating it if needed."""
     uri = tracking_uri()
@@ -130,6 +172,8 @@ def experiment_id(name: str) -> str:
         client = MlflowClient()
         found = client.get_experiment_by_name(name)
         if found is not None:
+            if KIND_TAG not in found.tags:
+                client.set_experiment_tag(found.experiment_id, KIND_TAG, MODEL_TRAINING)
             return found.experiment_id
         location = None
         if uri.startswith(SQLITE):
@@ -137,7 +181,7 @@ def experiment_id(name: str) -> str:
             # (queued experiments run in temporary copies of the repo).
             location = (Path(uri.removeprefix(SQLITE)).parent / "mlartifacts").as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags={KIND_TAG: MODEL_TRAINING})
         except mlflow.exceptions.MlflowException:
             # Another stage created it first (a tracking server is not covered by the lock).
             return client.get_experiment_by_name(name).experiment_id

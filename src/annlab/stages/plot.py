@@ -28,8 +28,9 @@ def curves_figure(histories: dict[int, pd.DataFrame], title: str) -> Any:
         ax.set_title(f"Training vs validation {metric}")
         ax.grid(alpha=0.3)
         ax.legend()
-    if metric == "loss" and max(h["loss"].abs().max() for h in histories.values()) > 1e3:
-        axes[1].set_yscale("log")  # a diverging seed's loss would flatten every other curve
+    losses = list(histories.values())
+    if max(figures.largest_finite(losses, c) for c in ("loss", "val_loss")) > figures.LOG_SCALE_ABOVE:
+        axes[1].set_yscale("log")
     fig.suptitle(title)
     return fig
 

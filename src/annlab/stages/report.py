@@ -4,6 +4,7 @@ grid in MLflow as one parent run with every cell's run as a child."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,7 @@ def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.Data
             timing = io.read_json(seed_dir / "timing.json")
             timings.append({**coords, **timing, "epochs_run": entry["epochs_run"]})
             metas[cell, seed] = {**io.read_json(seed_dir / "meta.json"), **timing}
-    frame = pd.DataFrame(rows, columns=rep.ROW_COLUMNS)
-    for column in rep.ROW_COLUMNS[4:]:
-        if column in rep.INT_COLUMNS:
-            frame[column] = frame[column].astype("Int64")  # stays an int where a value is missing
-        elif column != "diverged":
-            frame[column] = pd.to_numeric(frame[column]).astype(float)
-    return frame, pd.DataFrame(timings, columns=rep.TIMING_COLUMNS), metas
+    return rep.rows_frame(rows), pd.DataFrame(timings, columns=rep.TIMING_COLUMNS), metas
 
 
 @dataclass(frozen=True)
@@ -79,11 +74,9 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, out: GridOutputs) -> None:
     changed) gets a child rebuilt from its DVC outputs, pointing at the run that trained it.
     """
     import mlflow
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from annlab import tracking
-    from annlab.stages.train import cell_params
 
     exp_id = tracking.experiment_id(params.mlflow.experiment)  # sets the store: before any client
     client = MlflowClient()
@@ -96,74 +89,34 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, out: GridOutputs) -> None:
     for _, row in rows.iterrows():
         cell, seed = row["cell"], int(row["seed"])
         meta = out.metas[cell, seed]
-        key = tracking.run_key(meta["cell_key"], grid_id)
-        found = tracking.find_runs(exp_id, {tracking.KEY_TAG: key})
-        if found:
-            context = mlflow.start_run(run_id=found[0].info.run_id)
-        else:
-            trained = [
-                r
-                for r in tracking.find_runs(exp_id, {tracking.CELL_KEY_TAG: meta["cell_key"]})
-                if tracking.REUSED_TAG not in r.data.tags
-            ]
-            origin = trained[0].info.run_id if trained else "unknown"
-            context = mlflow.start_run(
-                experiment_id=exp_id,
-                run_name=tracking.cell_run_name(cell, seed, params.seeds),
-                tags={
-                    tracking.KEY_TAG: key,
-                    tracking.CELL_KEY_TAG: meta["cell_key"],
-                    tracking.ROLE_TAG: "cell",
-                    tracking.PARENT_TAG: parent_id,
-                    tracking.CELL_TAG: cell,
-                    tracking.GRID_TAG: grid_id,
-                    tracking.DATASET_TAG: meta["dataset"],
-                    tracking.REUSED_TAG: origin,
-                    "annlab.diverged": str(meta["diverged"]).lower(),
-                    **tracking.stage_tag("report"),
-                    "mlflow.note.content": (
-                        "DVC reused this cell from its cache: it was trained (same params, data and"
-                        f" seed) in run {origin}, which holds the model. Rebuilt here from the DVC"
-                        " outputs so that this grid is complete."
-                    ),
-                },
-            )
-        with context as run:
-            if not found:
-                mlflow.log_params(
-                    {**cell_params(params, row["optimizer"], row["activation"], seed), "grid_id": grid_id}
-                )
-                history = out.histories[cell][seed]
-                curves = [
-                    Metric(column, float(value), 0, int(epoch))
-                    for column in ("loss", "accuracy", "val_loss", "val_accuracy")
-                    for epoch, value in zip(history["epoch"], history[column], strict=True)
-                ]
-                client.log_batch(run.info.run_id, metrics=curves)
-                mlflow.log_metrics(
-                    {"diverged": float(meta["diverged"]), "train_seconds": float(meta["train_seconds"])}
-                )
-            # Test metrics come from evaluate's files: log what the run lacks or holds differently.
-            logged = found[0].data.metrics if found else {}
-            wanted = {k: float(row[k]) for k in TEST_METRIC_KEYS if not pd.isna(row[k])}
-            changed = {k: v for k, v in wanted.items() if logged.get(k) != v}
-            if changed:
-                mlflow.log_metrics(changed)
-            contexts = {
-                tag.value
-                for i in (found[0].inputs.dataset_inputs if found else [])
-                for tag in i.tags
-                if tag.key == "mlflow.data.context"
-            }
-            if "testing" not in contexts:
-                mlflow.log_input(test_set, context="testing")
-            for name in ("curves.png", "confusion_matrix.png"):
-                mlflow.log_artifact(str(out.cell_figures / cell / name), artifact_path="plots")
-            mlflow.log_artifact(str(out.eval_dir / f"{cell}.json"), artifact_path="evaluation")
+        found = tracking.find_runs(exp_id, {tracking.KEY_TAG: tracking.run_key(meta["cell_key"], grid_id)})
+        run_id = found[0].info.run_id if found else rebuild_run(params, row, meta, out, exp_id, parent_id)
+        before = client.get_run(run_id)
+        try:
+            with mlflow.start_run(run_id=run_id):
+                # Test metrics come from evaluate's files: log what the run lacks or holds differently.
+                wanted = {k: float(row[k]) for k in TEST_METRIC_KEYS if not pd.isna(row[k])}
+                mlflow.log_metrics({k: v for k, v in wanted.items() if before.data.metrics.get(k) != v})
+                contexts = {
+                    tag.value
+                    for i in before.inputs.dataset_inputs
+                    for tag in i.tags
+                    if tag.key == "mlflow.data.context"
+                }
+                if "testing" not in contexts:
+                    mlflow.log_input(test_set, context="testing")
+                for name in ("curves.png", "confusion_matrix.png"):
+                    mlflow.log_artifact(str(out.cell_figures / cell / name), artifact_path="plots")
+                mlflow.log_artifact(str(out.eval_dir / f"{cell}.json"), artifact_path="evaluation")
+        finally:
+            # Reopening the run moved its end to now (and a failure here would mark it FAILED):
+            # its status and duration stay those of its training.
+            client.set_terminated(run_id, before.info.status, end_time=before.info.end_time)
 
     summary = rep.summary_metrics(rows)
+    parent = client.get_run(parent_id)
     with mlflow.start_run(run_id=parent_id):
-        if "grid_id" not in client.get_run(parent_id).data.params:
+        if "grid_id" not in parent.data.params:
             mlflow.log_params(
                 {
                     "dataset": params.data.dataset,
@@ -176,11 +129,70 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, out: GridOutputs) -> None:
                     "grid_id": grid_id,
                 }
             )
-        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
-        mlflow.set_tag("annlab.best_cell", str(summary["best_cell"]))
+        numbers = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        mlflow.log_metrics({k: v for k, v in numbers.items() if parent.data.metrics.get(k) != v})
+        if summary["best_cell"] is not None:
+            mlflow.set_tag("annlab.best_cell", summary["best_cell"])
         for path in out.grid_files:
             mlflow.log_artifact(str(path), artifact_path="report")
     print(f"report: MLflow grid run {parent_id} with {len(rows)} child runs, in {mlflow.get_tracking_uri()}")
+
+
+def rebuild_run(
+    params: Params, row: pd.Series, meta: dict[str, Any], out: GridOutputs, exp_id: str, parent_id: str
+) -> str:
+    """A finished child run for a cell DVC reused from its cache, rebuilt from its DVC outputs
+    (params, per-epoch curves, training time); its model stays in the run that trained it."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from annlab import tracking
+
+    client = MlflowClient()
+    cell, seed, grid_id = row["cell"], int(row["seed"]), params.grid_id()
+    trained = [
+        r
+        for r in tracking.find_runs(exp_id, {tracking.CELL_KEY_TAG: meta["cell_key"]})
+        if tracking.REUSED_TAG not in r.data.tags
+    ]
+    origin = trained[0].info.run_id if trained else "unknown"
+    run = client.create_run(
+        exp_id,
+        run_name=tracking.cell_run_name(cell, seed, params.seeds),
+        tags={
+            tracking.KEY_TAG: tracking.run_key(meta["cell_key"], grid_id),
+            tracking.CELL_KEY_TAG: meta["cell_key"],
+            tracking.ROLE_TAG: "cell",
+            tracking.PARENT_TAG: parent_id,
+            tracking.CELL_TAG: cell,
+            tracking.GRID_TAG: grid_id,
+            tracking.DATASET_TAG: meta["dataset"],
+            tracking.REUSED_TAG: origin,
+            "annlab.diverged": str(meta["diverged"]).lower(),
+            **tracking.stage_tag("report"),
+            "mlflow.note.content": (
+                "DVC reused this cell from its cache: it was trained (same params, data and"
+                f" seed) in run {origin}, which holds the model. Rebuilt here from the DVC"
+                " outputs so that this grid is complete."
+            ),
+        },
+    )
+    now = int(time.time() * 1000)
+    history = out.histories[cell][seed]
+    curves = [
+        Metric(column, float(value), now, int(epoch))
+        for column in ("loss", "accuracy", "val_loss", "val_accuracy")
+        for epoch, value in zip(history["epoch"], history[column], strict=True)
+    ]
+    extra = {"diverged": float(meta["diverged"]), "train_seconds": float(meta["train_seconds"])}
+    logged = {**tracking.cell_params(params, row["optimizer"], row["activation"], seed), "grid_id": grid_id}
+    client.log_batch(
+        run.info.run_id,
+        metrics=[*curves, *(Metric(k, v, now, 0) for k, v in extra.items())],
+        params=[Param(k, str(v)) for k, v in logged.items()],
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,10 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     links = {title: _relative(path, args.markdown.parent) for title, path in shown.items()}
 
-    from annlab.tracking import git_commit
+    from annlab.tracking import code_version
 
-    io.write_text(args.markdown, rep.comparison_markdown(params, rows, timings, git_commit(), links))
-    io.write_text(args.csv, rows.to_csv(index=False, lineterminator="\n"))
+    io.write_text(args.markdown, rep.comparison_markdown(params, rows, timings, code_version(), links))
+    io.write_text(args.csv, rep.rows_csv(rows))
     io.write_text(args.timings, timings.to_csv(index=False, lineterminator="\n", float_format="%.3f"))
     io.write_json(args.summary, rep.summary_metrics(rows))
     best = rep.best_cell(summary)

@@ -11,7 +11,7 @@ from typing import Any
 
 from annlab import cli, io
 from annlab.metrics import one_hot
-from annlab.params import Params, load_params
+from annlab.params import load_params
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
 
@@ -31,30 +31,6 @@ def history_csv(history: dict[str, list[float]]) -> str:
     for i in range(len(history["loss"])):
         rows.append(",".join([str(i + 1)] + [repr(float(history[c][i])) for c in HISTORY_COLUMNS[1:]]))
     return "\n".join(rows) + "\n"
-
-
-def cell_params(params: Params, optimizer: str, activation: str, seed: int) -> dict[str, Any]:
-    """What is logged as a run's params: the cell's effective params plus its coordinates.
-
-    `seed` is the run's training seed (weights, shuffling); `split_seed` the data split's.
-    Left out: the grid lists (they say which cells exist, not how this one trains) and the
-    other optimizers' hyperparameters (the cell does not depend on them, and DVC does not
-    rerun it when they change).
-    """
-    own = f"optimizers.{optimizer}."
-    flat = {
-        k: v
-        for k, v in params.for_cell(optimizer, activation).flat().items()
-        if not k.startswith("grid.") and (k.startswith(own) or not k.startswith("optimizers."))
-    }
-    return {
-        **flat,
-        "optimizer": optimizer,
-        "activation": activation,
-        "dataset": params.data.dataset,
-        "seed": seed,
-        "split_seed": params.seed,
-    }
 
 
 def diverged_epoch(history: dict[str, list[float]]) -> int | None:
@@ -132,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     def train_seed(seed: int, seed_dir: Path, history_path: Path) -> str:
         """Train one seed of the cell in its own MLflow run, save it; return a one-line summary."""
         annmodel.seed_everything(seed)
-        logged_params = cell_params(base, args.optimizer, args.activation, seed)
+        logged_params = tracking.cell_params(base, args.optimizer, args.activation, seed)
         key = tracking.cell_key(cell, logged_params, digest)
         name = tracking.cell_run_name(cell, seed, base.seeds)
         run_tags = {**tags, tracking.CELL_KEY_TAG: key}
