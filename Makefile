@@ -42,7 +42,9 @@ sweep: venv ## Queue one experiment per value of SET (key=v1,v2), run JOBS at a 
 	@echo "waiting for the queue; follow one with: dvc queue logs -f <name>"
 	@while dvc queue status | grep -qwE 'Queued|Running'; do sleep 10; done
 	dvc queue status
-	dvc exp show --md --only-changed --drop 'Created|reports/metrics/.*|reports/summary.json:(cells|runs)'
+	@# the experiments' headline metrics (reports/summary.json) and the params that differ
+	dvc exp show --md --only-changed \
+		--drop 'Created|Executor|^models|^data/|^src/|^params.yaml$$|^reports/(eval|history|figures|metrics)|:(cells|runs|tested_cells)$$'
 
 test: venv ## Run the test suite (includes a small end-to-end `dvc repro`)
 	python -m pytest
