@@ -35,7 +35,7 @@ def test_repo_params_are_valid_and_match_the_tutorial() -> None:
         ({"data": {"test_size": 1.5}}, "data.test_size", "less than 1"),
         ({"data": {"test_size": 0.5, "val_size": 0.45}}, "data", "at least 10 %"),
         ({"optimizers": {"sgd": {"learning_rate": 0}}}, "optimizers.sgd.learning_rate", "greater than 0"),
-        ({"optimizers": {"adam": {"learning_rate": 50}}}, "optimizers.adam.learning_rate", "less than"),
+        ({"optimizers": {"adam": {"learning_rate": 5000}}}, "optimizers.adam.learning_rate", "less than"),
         ({"optimizers": {"sgd": {"momentum": 1.2}}}, "optimizers.sgd.momentum", "less than 1"),
         ({"train": {"optimizer": "adamw"}}, "train.optimizer", "'sgd', 'adam' or 'rmsprop'"),
         ({"grid": {"optimizer": ["adam", "lion"]}}, "grid.optimizer.1", "'sgd', 'adam' or 'rmsprop'"),
