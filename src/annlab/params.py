@@ -30,7 +30,7 @@ Activation = Literal[
 Loss = Literal["categorical_crossentropy", "mse"]
 
 # Bounds are generous on purpose: they reject typos and nonsense, not bold experiments
-# (a learning rate of 100 is how one watches plain SGD diverge on digits).
+# (a learning rate of 1000 is how one watches plain SGD with ReLU diverge on digits).
 LearningRate = Annotated[float, Field(gt=0, le=1000)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 Decay = Annotated[float, Field(ge=0, lt=1)]
