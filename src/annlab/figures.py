@@ -31,8 +31,7 @@ def save(fig: Any, path: Path) -> None:
 
 def read_histories(history_dir: Path) -> dict[int, pd.DataFrame]:
     """A cell's per-seed histories (`seed-<n>.csv`), keyed by seed, in seed order."""
-    files = sorted(history_dir.glob("seed-*.csv"), key=lambda p: int(p.stem.removeprefix("seed-")))
-    return {int(p.stem.removeprefix("seed-")): pd.read_csv(p) for p in files}
+    return {seed: pd.read_csv(path) for seed, path in io.by_seed(history_dir.glob("*.csv")).items()}
 
 
 def seed_band(histories: dict[int, pd.DataFrame], column: str) -> pd.DataFrame:

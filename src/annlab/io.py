@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,17 @@ def write_json(path: str | Path, data: Any) -> None:
 def read_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def seed_name(seed: int) -> str:
+    """How a seed's file or folder is named in a cell's outputs: `seed-<n>`."""
+    return f"seed-{seed}"
+
+
+def by_seed(paths: Iterable[Path]) -> dict[int, Path]:
+    """The `seed-<n>` paths among `paths` (suffixes ignored), keyed by seed, in seed order."""
+    named = {int(p.name.split(".")[0].removeprefix("seed-")): p for p in paths if p.name.startswith("seed-")}
+    return dict(sorted(named.items()))
 
 
 def save_arrays(directory: str | Path, arrays: Mapping[str, np.ndarray]) -> None:

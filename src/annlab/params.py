@@ -72,6 +72,11 @@ class ModelParams(_Section):
     ]
     activation: Activation = "relu"
 
+    @property
+    def label(self) -> str:
+        """The network in a few characters, e.g. `ann 64-32`, for names, titles and headers."""
+        return f"{self.type} {'-'.join(map(str, self.hidden_units))}"
+
 
 class TrainParams(_Section):
     """How a single run trains; the grid overrides `optimizer` per cell."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from annlab import figures
 from annlab.metrics import SEED_METRICS, mean_std
 from annlab.params import Params
 
@@ -216,8 +217,7 @@ def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
             f"{round(100 * data.test_size)} % train/validation/test with seed {params.seed}"
             f" ({int(rows['n_test'].iloc[0])} test samples), scaler {data.scaler}"
             + (f", stratified subset of {data.subset}" if data.subset else ""),
-            f"- **Model**: {model.type} {'-'.join(map(str, model.hidden_units))} with a softmax output,"
-            f" loss {train.loss}",
+            f"- **Model**: {model.label} with a softmax output, loss {train.loss}",
             f"- **Training**: {train.epochs} epochs, batch {train.batch_size}; {hyper}",
             f"- **Seeds**: {seed_text}",
             f"- **Code**: git commit `{commit}`; grid id `{params.grid_id()}` (the MLflow parent run's"
@@ -319,8 +319,6 @@ def _or_none(value: float) -> float | None:
 
 def heatmap_figure(summary: pd.DataFrame, params: Params, metric: str, title: str) -> Any:
     """An optimizer x activation heatmap of a metric's mean, annotated (± std), best outlined."""
-    from annlab import figures
-
     plt = figures.pyplot()
     by_cell = summary.set_index("cell")
     optimizers, activations = params.grid.optimizer, params.grid.activation
@@ -361,8 +359,6 @@ def curves_figure(
 ) -> Any:
     """Validation accuracy (top) and loss (bottom), one panel per `panels` value, one line per
     `lines` value; `cell_of(panel, line)` names the cell. Seeds give a mean with a ±1 std band."""
-    from annlab import figures
-
     plt = figures.pyplot()
     fig, axes = plt.subplots(
         2, len(panels), figsize=(1 + 4 * len(panels), 7), squeeze=False, sharex=True, layout="constrained"

@@ -28,6 +28,7 @@ STAGE_TAG = "annlab.stage"
 DATASET_TAG = "annlab.dataset"
 GRID_TAG = "annlab.grid"
 ROLE_TAG = "annlab.role"  # "grid" for a grid's parent run, "cell" for a cell's run
+DIVERGED_TAG = "annlab.diverged"  # "true" when the run's loss stopped being finite
 REUSED_TAG = "annlab.reused_from"  # the run that trained a cell DVC took from its cache
 # MLflow 3's UI opens an experiment of this kind on its training runs table, not the GenAI view.
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
@@ -101,16 +102,14 @@ def cell_run_name(cell: str, seed: int, seeds: list[int]) -> str:
 
 def grid_name(params: Params) -> str:
     """A readable name for a grid's parent run: what was trained, and the grid id."""
-    units = "-".join(map(str, params.model.hidden_units))
-    return f"grid {params.data.dataset} {params.model.type} {units} ({params.grid_id()[:8]})"
+    return f"grid {params.data.dataset} {params.model.label} ({params.grid_id()[:8]})"
 
 
 def grid_tags(params: Params) -> dict[str, str]:
     """Tags of a grid's parent run; the note is what the UI shows on the run's page."""
     grid = params.grid
     note = (
-        f"annlab grid `{params.grid_id()}`: {params.model.type} "
-        f"{'-'.join(map(str, params.model.hidden_units))} on {params.data.dataset}, "
+        f"annlab grid `{params.grid_id()}`: {params.model.label} on {params.data.dataset}, "
         f"{params.train.epochs} epochs, batch {params.train.batch_size}; "
         f"optimizers {', '.join(grid.optimizer)} x activations {', '.join(grid.activation)}; "
         f"seeds {', '.join(map(str, params.seeds))}. Each cell is a child run; "
@@ -216,6 +215,11 @@ def start_cell_run(
         run_name=name,
         tags={KEY_TAG: key, ROLE_TAG: "cell", PARENT_TAG: parent_id, **tags},
     )
+
+
+def changed_metrics(run: Run, metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics `run` lacks or holds with another value: what to log so nothing is logged twice."""
+    return {k: v for k, v in metrics.items() if run.data.metrics.get(k) != v}
 
 
 def pip_requirements() -> list[str]:

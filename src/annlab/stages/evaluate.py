@@ -19,12 +19,6 @@ def predictions_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[st
     return "\n".join(rows) + "\n"
 
 
-def seed_dirs(model_dir: Path) -> list[Path]:
-    """train's per-seed folders (`seed-<n>`), in seed order."""
-    dirs = [d for d in model_dir.iterdir() if d.is_dir() and d.name.startswith("seed-")]
-    return sorted(dirs, key=lambda d: int(d.name.removeprefix("seed-")))
-
-
 def main(argv: list[str] | None = None) -> None:
     """Predict the test split with each seed's model; write per-seed and per-cell metrics."""
     p = cli.parser(__doc__)
@@ -45,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
     actual: list[np.ndarray] = []
     predicted: list[np.ndarray] = []
-    for seed_dir in seed_dirs(args.model_dir):
+    for seed_dir in io.by_seed(d for d in args.model_dir.iterdir() if d.is_dir()).values():
         meta = io.read_json(seed_dir / "meta.json")
         entry: dict[str, Any] = {
             "seed": meta["seed"],

@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [s["seed"] for s in report["seeds"]]
     diverged = [str(s["seed"]) for s in report["seeds"] if s["diverged"]]
     title = (
-        f"{cell} ({params.data.dataset}, {params.model.type} "
-        f"{'-'.join(map(str, params.model.hidden_units))}"
+        f"{cell} ({params.data.dataset}, {params.model.label}"
         + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "")
         + ")"
         + (f", diverged: seed {', '.join(diverged)}" if diverged else "")

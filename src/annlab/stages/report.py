@@ -14,7 +14,7 @@ import pandas as pd
 from annlab import cli, figures, io
 from annlab import report as rep
 from annlab.errors import UserError
-from annlab.metrics import SEED_METRICS, TEST_METRICS
+from annlab.metrics import SEED_METRICS
 from annlab.params import Params, load_params
 
 
@@ -43,7 +43,7 @@ def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.Data
                     "n_test": entry["n_test"],
                 }
             )
-            seed_dir = models_dir / cell / f"seed-{seed}"
+            seed_dir = models_dir / cell / io.seed_name(seed)
             timing = io.read_json(seed_dir / "timing.json")
             timings.append({**coords, **timing, "epochs_run": entry["epochs_run"]})
             metas[cell, seed] = {**io.read_json(seed_dir / "meta.json"), **timing}
@@ -62,10 +62,12 @@ class GridOutputs:
     grid_files: list[Path]
 
 
-TEST_METRIC_KEYS = [*TEST_METRICS, "best_val_accuracy", "best_epoch", "n_test"]
+# What the report logs to a cell's run: its per-seed metrics (epochs_run is already the
+# length of its curves) and the test-set size.
+TEST_METRIC_KEYS = [*(k for k in SEED_METRICS if k != "epochs_run"), "n_test"]
 
 
-def log_to_mlflow(params: Params, rows: pd.DataFrame, out: GridOutputs) -> None:
+def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], out: GridOutputs) -> None:
     """File the grid in MLflow: its parent run, a child per (cell, seed) with test metrics,
     test dataset and figures, and the report on the parent.
 
@@ -96,7 +98,7 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, out: GridOutputs) -> None:
             with mlflow.start_run(run_id=run_id):
                 # Test metrics come from evaluate's files: log what the run lacks or holds differently.
                 wanted = {k: float(row[k]) for k in TEST_METRIC_KEYS if not pd.isna(row[k])}
-                mlflow.log_metrics({k: v for k, v in wanted.items() if before.data.metrics.get(k) != v})
+                mlflow.log_metrics(tracking.changed_metrics(before, wanted))
                 contexts = {
                     tag.value
                     for i in before.inputs.dataset_inputs
@@ -113,14 +115,13 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, out: GridOutputs) -> None:
             # its status and duration stay those of its training.
             client.set_terminated(run_id, before.info.status, end_time=before.info.end_time)
 
-    summary = rep.summary_metrics(rows)
     parent = client.get_run(parent_id)
     with mlflow.start_run(run_id=parent_id):
         if "grid_id" not in parent.data.params:
             mlflow.log_params(
                 {
                     "dataset": params.data.dataset,
-                    "model": f"{params.model.type} {'-'.join(map(str, params.model.hidden_units))}",
+                    "model": params.model.label,
                     "epochs": params.train.epochs,
                     "batch_size": params.train.batch_size,
                     "grid.optimizer": ",".join(params.grid.optimizer),
@@ -129,10 +130,10 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, out: GridOutputs) -> None:
                     "grid_id": grid_id,
                 }
             )
-        numbers = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
-        mlflow.log_metrics({k: v for k, v in numbers.items() if parent.data.metrics.get(k) != v})
-        if summary["best_cell"] is not None:
-            mlflow.set_tag("annlab.best_cell", summary["best_cell"])
+        numbers = {k: float(v) for k, v in headline.items() if isinstance(v, (int, float))}
+        mlflow.log_metrics(tracking.changed_metrics(parent, numbers))
+        if headline["best_cell"] is not None:
+            mlflow.set_tag("annlab.best_cell", headline["best_cell"])
         for path in out.grid_files:
             mlflow.log_artifact(str(path), artifact_path="report")
     print(f"report: MLflow grid run {parent_id} with {len(rows)} child runs, in {mlflow.get_tracking_uri()}")
@@ -168,7 +169,7 @@ def rebuild_run(
             tracking.GRID_TAG: grid_id,
             tracking.DATASET_TAG: meta["dataset"],
             tracking.REUSED_TAG: origin,
-            "annlab.diverged": str(meta["diverged"]).lower(),
+            tracking.DIVERGED_TAG: str(meta["diverged"]).lower(),
             **tracking.stage_tag("report"),
             "mlflow.note.content": (
                 "DVC reused this cell from its cache: it was trained (same params, data and"
@@ -246,9 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     io.write_text(args.markdown, rep.comparison_markdown(params, rows, timings, code_version(), links))
     io.write_text(args.csv, rep.rows_csv(rows))
     io.write_text(args.timings, timings.to_csv(index=False, lineterminator="\n", float_format="%.3f"))
-    io.write_json(args.summary, rep.summary_metrics(rows))
-    best = rep.best_cell(summary)
-    print(f"report: {len(rows)} runs in {len(summary)} cells; best {best}; -> {args.markdown}")
+    headline = rep.summary_metrics(rows)
+    io.write_json(args.summary, headline)
+    print(
+        f"report: {len(rows)} runs in {len(summary)} cells; best {headline['best_cell']}; -> {args.markdown}"
+    )
 
     outputs = GridOutputs(
         metas=metas,
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=args.data,
         grid_files=[args.markdown, args.csv, args.timings, args.summary, *shown.values()],
     )
-    log_to_mlflow(params, rows, outputs)
+    log_to_mlflow(params, rows, headline, outputs)
 
 
 def _relative(path: Path, start: Path) -> str:

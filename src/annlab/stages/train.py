@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             best_val, best_at = best_epoch(history)
             epochs_run = len(history["loss"])
             mlflow.log_metrics({"train_seconds": seconds, "diverged": float(diverged_at is not None)})
-            mlflow.set_tag("annlab.diverged", str(diverged_at is not None).lower())
+            mlflow.set_tag(tracking.DIVERGED_TAG, str(diverged_at is not None).lower())
 
             seed_dir.mkdir()
             model.save(seed_dir / "model.keras")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                 "activation": args.activation,
                 "loss": params.train.loss,
                 "dataset": info["dataset"],
-                "model": f"{params.model.type} {'-'.join(map(str, params.model.hidden_units))}",
+                "model": params.model.label,
                 "cell_key": key,
                 "data_digest": digest,
                 "epochs_run": epochs_run,
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         history_dir.mkdir()
         for n, seed in enumerate(base.seeds, start=1):
             print(f"train: {cell} seed {seed} ({n}/{len(base.seeds)})", flush=True)
-            print(train_seed(seed, model_dir / f"seed-{seed}", history_dir / f"seed-{seed}.csv"))
+            name = io.seed_name(seed)
+            print(train_seed(seed, model_dir / name, history_dir / f"{name}.csv"))
 
 
 if __name__ == "__main__":
