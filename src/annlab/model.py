@@ -1,20 +1,41 @@
-"""Build the tutorial's ANN and its optimizer from params (imports Keras: train/evaluate only)."""
+"""Build the tutorial's ANN and its optimizer from params, and train it (imports Keras: train,
+evaluate and the benchmark only)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
+import numpy as np
 
 from annlab.params import OptimizersParams, Params
+from annlab.speed import Speed
 
 LOSSES = {"categorical_crossentropy": "categorical_crossentropy", "mse": "mean_squared_error"}
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow and make TensorFlow's ops deterministic."""
+def configure(speed: Speed) -> None:
+    """Thread pools and determinism, once per process, before TensorFlow runs its first op.
+
+    On CPU, with a fixed number of intra-op threads, TensorFlow's kernels give the same bits on
+    every run (tests/test_speed.py checks it), and `enable_op_determinism` only slows training
+    (by a third, measured) and changes the bits it rounds. GPU kernels are not deterministic
+    without it, so it is on where a GPU is.
+    """
     import tensorflow as tf
 
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(speed.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(speed.inter_op_threads)
+    except RuntimeError:
+        pass  # TensorFlow already ran in this process (tests): its pools stay, results do not change
+    if tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow (initial weights, shuffling)."""
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
 
 
 def build_model(n_features: int, n_classes: int, hidden_units: list[int], activation: str) -> keras.Model:
@@ -36,12 +57,46 @@ def make_optimizer(name: str, optimizers: OptimizersParams) -> keras.optimizers.
     return classes[name](**getattr(optimizers, name).model_dump())
 
 
-def compiled_model(params: Params, n_features: int, n_classes: int) -> keras.Model:
-    """The model of one run, compiled with its optimizer, loss and accuracy metric."""
+def compiled_model(
+    params: Params, n_features: int, n_classes: int, speed: Speed | None = None, n_train: int = 0
+) -> keras.Model:
+    """The model of one run, compiled with its optimizer, loss and accuracy metric.
+
+    `speed` and `n_train` (the training set's size) set how many batches run per call into
+    TensorFlow; they change how fast it trains, not what it computes.
+    """
+    speed = speed or Speed(steps_per_execution=1)
     model = build_model(n_features, n_classes, params.model.hidden_units, params.model.activation)
     model.compile(
         optimizer=make_optimizer(params.train.optimizer, params.optimizers),
         loss=LOSSES[params.train.loss],
         metrics=["accuracy"],
+        steps_per_execution=speed.steps(n_train, params.train.batch_size),
+        jit_compile=speed.jit_compile,
     )
     return model
+
+
+def fit(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    batch_size: int,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    verbose: int | str = "auto",
+) -> dict[str, list[float]]:
+    """Train on one-hot `train`, validating on `val` after each epoch; the per-epoch history.
+
+    Shuffled each epoch by Keras (from the seed `seed_everything` set), as in the tutorial.
+    """
+    history: Any = model.fit(
+        *train,
+        validation_data=val,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=verbose,
+        callbacks=callbacks or [],
+    )
+    return {k: [float(v) for v in values] for k, values in history.history.items()}

@@ -12,6 +12,7 @@ from typing import Any
 from annlab import cli, io
 from annlab.metrics import one_hot
 from annlab.params import load_params
+from annlab.speed import Speed
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
 
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     base = load_params(args.params)
     params = base.for_cell(args.optimizer, args.activation)
     cell = f"{args.optimizer}-{args.activation}"
+    speed = Speed.from_env()
 
     # Heavy imports only once the params are known to be good.
     import keras
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from annlab import model as annmodel
     from annlab import tracking
+
+    annmodel.configure(speed)
 
     info = io.read_json(args.data / "dataset.json")
     n_classes = len(info["class_names"])
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parent_id = tracking.grid_run(exp_id, grid_id, tracking.grid_name(base), tracking.grid_tags(base))
     tags = {
         **tracking.stage_tag(f"train@{cell}"),
+        **speed.tags(),
         tracking.DATASET_TAG: info["dataset"],
         tracking.CELL_TAG: cell,
         tracking.GRID_TAG: grid_id,
@@ -117,20 +122,19 @@ def main(argv: list[str] | None = None) -> None:
             for split, (x, y) in {"training": (x_train, y_train), "validation": (x_val, y_val)}.items():
                 dataset = mlflow.data.from_numpy(x, targets=y, name=f"{info['dataset']}-{split}")
                 mlflow.log_input(dataset, context=split)
-            model = annmodel.compiled_model(params, x_train.shape[1], n_classes)
+            model = annmodel.compiled_model(params, x_train.shape[1], n_classes, speed, len(x_train))
             started = time.perf_counter()
-            fit = model.fit(
-                x_train,
-                one_hot(y_train, n_classes),
-                validation_data=(x_val, one_hot(y_val, n_classes)),
+            fitted = annmodel.fit(
+                model,
+                (x_train, one_hot(y_train, n_classes)),
+                (x_val, one_hot(y_val, n_classes)),
                 epochs=params.train.epochs,
                 batch_size=params.train.batch_size,
-                shuffle=True,
-                verbose=1 if sys.stdout.isatty() else 2,
                 callbacks=[EpochLogger()],
+                verbose=1 if sys.stdout.isatty() else 2,
             )
             seconds = time.perf_counter() - started
-            history = {c: [float(v) for v in fit.history[c]] for c in HISTORY_COLUMNS[1:]}
+            history = {c: fitted[c] for c in HISTORY_COLUMNS[1:]}
             diverged_at = diverged_epoch(history)
             best_val, best_at = best_epoch(history)
             epochs_run = len(history["loss"])

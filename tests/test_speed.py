@@ -1,0 +1,111 @@
+"""Speed settings change how fast training runs, never what it computes: the same seed gives
+the same history and predictions, bit for bit, with and without each of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from annlab.errors import UserError
+from annlab.repro import lanes
+from annlab.speed import INTER_ENV, INTRA_ENV, JIT_ENV, STEPS_ENV, Speed
+
+# Trains the default ANN on three Gaussian blobs (3 epochs, batch 16, so the last batch of an
+# epoch is partial) in a fresh process, so the thread settings take effect; prints the
+# history and a digest of the test predictions' bytes.
+TRAIN = """
+import hashlib, json
+import numpy as np
+from annlab import model as m
+from annlab.metrics import one_hot
+from annlab.params import Params
+from annlab.speed import Speed
+
+speed = Speed.from_env()
+m.configure(speed)
+rng = np.random.default_rng(0)
+centers = rng.normal(0, 2, size=(3, 8))
+def split(n):
+    y = np.arange(n) % 3
+    return (centers[y] + rng.normal(0, 1, size=(n, 8))).astype("float32"), y
+(x, y), (xv, yv) = split(100), split(30)
+params = Params.model_validate({"train": {"epochs": 3, "batch_size": 16}}).for_cell("adam", "relu")
+m.seed_everything(7)
+model = m.compiled_model(params, 8, 3, speed, len(x))
+history = m.fit(model, (x, one_hot(y, 3)), (xv, one_hot(yv, 3)), 3, 16, verbose=0)
+probs = model.predict(xv, verbose=0)
+print(json.dumps({"history": history, "predictions": hashlib.sha256(probs.tobytes()).hexdigest()}))
+"""
+
+
+def _train(**env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ANNLAB_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAIN],
+        env={**clean, "TF_CPP_MIN_LOG_LEVEL": "3", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def plain() -> dict:
+    """No speed option: one batch per call, TensorFlow's own thread pools (the tutorial's way)."""
+    return _train(**{STEPS_ENV: "1", INTRA_ENV: "0", INTER_ENV: "0"})
+
+
+def test_the_default_speed_options_give_the_same_bits(plain: dict) -> None:
+    fast = _train()
+    assert fast == plain
+    assert len(plain["history"]["loss"]) == 3
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{STEPS_ENV: "3"}, {STEPS_ENV: "0", INTRA_ENV: "2", INTER_ENV: "1"}],
+    ids=["3-steps-per-execution", "two-intra-op-threads"],
+)
+def test_each_speed_option_alone_gives_the_same_bits(plain: dict, env: dict[str, str]) -> None:
+    assert _train(**env) == plain
+
+
+def test_a_different_seed_gives_different_bits(plain: dict) -> None:
+    # The comparison above can fail: the digest does depend on the training.
+    other = subprocess.run(
+        [sys.executable, "-c", TRAIN.replace("seed_everything(7)", "seed_everything(8)")],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(other.stdout.strip().splitlines()[-1])["predictions"] != plain["predictions"]
+
+
+def test_speed_is_read_from_the_environment() -> None:
+    assert Speed.from_env({}) == Speed()
+    speed = Speed.from_env({STEPS_ENV: "16", INTRA_ENV: "0", INTER_ENV: "4", JIT_ENV: "true"})
+    assert speed == Speed(steps_per_execution=16, intra_op_threads=0, inter_op_threads=4, jit_compile=True)
+    assert speed.tags()["annlab.speed.jit_compile"] == "true"
+
+
+@pytest.mark.parametrize(("name", "raw"), [(STEPS_ENV, "-1"), (INTRA_ENV, "two"), (JIT_ENV, "yes")])
+def test_a_bad_setting_names_the_variable(name: str, raw: str) -> None:
+    with pytest.raises(UserError, match=f"{name}='{raw}'"):
+        Speed.from_env({name: raw})
+
+
+def test_zero_steps_per_execution_means_a_whole_epoch() -> None:
+    assert Speed().steps(100, 16) == 7
+    assert Speed(steps_per_execution=5).steps(100, 16) == 5
+
+
+def test_stale_cells_are_dealt_round_robin() -> None:
+    cells = [f"train@{c}" for c in "abcde"]
+    assert lanes(cells, 2) == [["train@a", "train@c", "train@e"], ["train@b", "train@d"]]
+    assert lanes(cells[:1], 2) == [["train@a"]]
