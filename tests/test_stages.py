@@ -68,21 +68,8 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> dict:
             model_dir=f"models/{cell}",
             history=f"history/{cell}",
         )
-        run(
-            evaluate,
-            model_dir=f"models/{cell}",
-            data="data",
-            metrics=f"metrics/{cell}.json",
-            report=f"eval/{cell}.json",
-            predictions=f"predictions/{cell}.csv",
-        )
-        run(
-            plot,
-            history=f"history/{cell}",
-            report=f"eval/{cell}.json",
-            curves=f"figures/cells/{cell}/curves.png",
-            confusion=f"figures/cells/{cell}/confusion_matrix.png",
-        )
+    run(evaluate, models="models", data="data", metrics="metrics", eval="eval", predictions="predictions")
+    run(plot, history="history", eval="eval", out="figures/cells")
     run(
         report,
         data="data",

@@ -1,4 +1,4 @@
-"""Stage `evaluate@<optimizer>-<activation>`: test-set metrics of one cell, per seed and over seeds."""
+"""Stage `evaluate`: test-set metrics of every cell of the grid, per seed and over seeds."""
 
 from __future__ import annotations
 
@@ -19,27 +19,16 @@ def predictions_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[st
     return "\n".join(rows) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Predict the test split with each seed's model; write per-seed and per-cell metrics."""
-    p = cli.parser(__doc__)
-    p.add_argument("--model-dir", type=Path, required=True, help="train's output folder")
-    p.add_argument("--data", type=Path, required=True, help="preprocess's output folder")
-    p.add_argument("--metrics", type=Path, required=True, help="the cell's metrics JSON (dvc metrics)")
-    p.add_argument("--report", type=Path, required=True, help="per-seed metrics and per-class report JSON")
-    p.add_argument("--predictions", type=Path, required=True, help="actual/predicted CSV, all seeds")
-    args = p.parse_args(argv)
-    load_params(args.params)  # a bad params file stops here too, before any output is touched
-
+def evaluate_cell(model_dir: Path, x_test: np.ndarray, y_test: np.ndarray, names: list[str]) -> dict:
+    """Test one cell's model of each seed: per-seed metrics, the summed confusion matrix and
+    every (actual, predicted) pair."""
     import keras
 
-    info = io.read_json(args.data / "dataset.json")
-    names = info["class_names"]
-    x_test, y_test = io.load_array(args.data, "x_test"), io.load_array(args.data, "y_test")
     seeds: list[dict[str, Any]] = []
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
     actual: list[np.ndarray] = []
     predicted: list[np.ndarray] = []
-    for seed_dir in io.by_seed(d for d in args.model_dir.iterdir() if d.is_dir()).values():
+    for seed_dir in io.by_seed(d for d in model_dir.iterdir() if d.is_dir()).values():
         meta = io.read_json(seed_dir / "meta.json")
         entry: dict[str, Any] = {
             "seed": meta["seed"],
@@ -60,19 +49,59 @@ def main(argv: list[str] | None = None) -> None:
             predicted.append(probs.argmax(axis=1))
         seeds.append(entry)
     if not seeds:
-        raise UserError(f"{args.model_dir}: no seed-<n> folders; run the train stage first")
-
-    summary = metrics.cell_summary(seeds)
-    io.write_json(args.metrics, summary)
-    io.write_json(args.report, {"class_names": names, "confusion_matrix": confusion.tolist(), "seeds": seeds})
+        raise UserError(f"{model_dir}: no seed-<n> folders; run the train stage first")
     y_true = np.concatenate(actual) if actual else np.empty(0, dtype=np.int64)
     y_pred = np.concatenate(predicted) if predicted else np.empty(0, dtype=np.int64)
-    io.write_text(args.predictions, predictions_csv(y_true, y_pred, names))
-    cell = args.model_dir.name
-    shown = " ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float))
-    print(
-        f"evaluate: {cell}: {shown}" + (f" ({summary['diverged']} diverged)" if summary["diverged"] else "")
-    )
+    return {
+        "summary": metrics.cell_summary(seeds),
+        "report": {"class_names": names, "confusion_matrix": confusion.tolist(), "seeds": seeds},
+        "predictions": predictions_csv(y_true, y_pred, names),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Predict the test split with every cell's models, in one process (TensorFlow loads once);
+    write per-seed and per-cell metrics, one file per cell."""
+    p = cli.parser(__doc__)
+    p.add_argument("--models", type=Path, required=True, help="train's output folders, one per cell")
+    p.add_argument("--data", type=Path, required=True, help="preprocess's output folder")
+    p.add_argument("--metrics", type=Path, required=True, help="folder: metrics JSON per cell")
+    p.add_argument("--eval", type=Path, required=True, help="folder: per-seed metrics and per-class reports")
+    p.add_argument("--predictions", type=Path, required=True, help="folder: actual/predicted CSV per cell")
+    args = p.parse_args(argv)
+    params = load_params(args.params)  # a bad params file stops here too, before any output is touched
+    import logging
+
+    from annlab.model import configure
+    from annlab.report import cells
+    from annlab.speed import Speed
+
+    configure(Speed.from_env())
+    # Each loaded model traces its own predict function; TensorFlow warns of "retracing" from
+    # the fifth on, which is expected here.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    info = io.read_json(args.data / "dataset.json")
+    x_test, y_test = io.load_array(args.data, "x_test"), io.load_array(args.data, "y_test")
+    # Each folder is written whole or not at all: an interrupted run leaves the previous one.
+    with (
+        io.atomic_path(args.metrics) as metrics_dir,
+        io.atomic_path(args.eval) as eval_dir,
+        io.atomic_path(args.predictions) as predictions_dir,
+    ):
+        for folder in (metrics_dir, eval_dir, predictions_dir):
+            folder.mkdir(parents=True)
+        for cell, _, _ in cells(params):
+            model_dir = args.models / cell
+            if not model_dir.is_dir():
+                raise UserError(f"{model_dir}: missing; run `dvc repro` so cell {cell} is trained")
+            result = evaluate_cell(model_dir, x_test, y_test, info["class_names"])
+            summary = result["summary"]
+            io.write_json(metrics_dir / f"{cell}.json", summary)
+            io.write_json(eval_dir / f"{cell}.json", result["report"])
+            io.write_text(predictions_dir / f"{cell}.csv", result["predictions"])
+            shown = " ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float))
+            diverged = f" ({summary['diverged']} diverged)" if summary["diverged"] else ""
+            print(f"evaluate: {cell}: {shown}{diverged}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage `plot@<optimizer>-<activation>`: learning curves and confusion matrix of one cell, as PNG."""
+"""Stage `plot`: learning curves and confusion matrix of every cell of the grid, as PNG."""
 
 from __future__ import annotations
 
@@ -61,27 +61,31 @@ def confusion_figure(report: dict[str, Any], title: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Draw the cell's learning curves (over its seeds) and its test confusion matrix."""
+    """Draw every cell's learning curves (over its seeds) and test confusion matrix."""
     p = cli.parser(__doc__)
-    p.add_argument("--history", type=Path, required=True, help="train's per-seed history folder")
-    p.add_argument("--report", type=Path, required=True, help="evaluate's report JSON")
-    p.add_argument("--curves", type=Path, required=True, help="learning-curves PNG")
-    p.add_argument("--confusion", type=Path, required=True, help="confusion-matrix PNG")
+    p.add_argument("--history", type=Path, required=True, help="train's history folders, one per cell")
+    p.add_argument("--eval", type=Path, required=True, help="evaluate's report JSON per cell")
+    p.add_argument("--out", type=Path, required=True, help="folder: <cell>/curves.png, confusion_matrix.png")
     args = p.parse_args(argv)
     params = load_params(args.params)
-    cell = args.history.name
-    report = io.read_json(args.report)
-    seeds = [s["seed"] for s in report["seeds"]]
-    diverged = [str(s["seed"]) for s in report["seeds"] if s["diverged"]]
-    title = (
-        f"{cell} ({params.data.dataset}, {params.model.label}"
-        + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "")
-        + ")"
-        + (f", diverged: seed {', '.join(diverged)}" if diverged else "")
-    )
-    figures.save(curves_figure(figures.read_histories(args.history), title), args.curves)
-    figures.save(confusion_figure(report, f"Confusion matrix: {cell}"), args.confusion)
-    print(f"plot: {cell} -> {args.curves}, {args.confusion}")
+    from annlab.report import cells
+
+    with io.atomic_path(args.out) as out:
+        for cell, _, _ in cells(params):
+            report = io.read_json(args.eval / f"{cell}.json")
+            seeds = [s["seed"] for s in report["seeds"]]
+            diverged = [str(s["seed"]) for s in report["seeds"] if s["diverged"]]
+            title = (
+                f"{cell} ({params.data.dataset}, {params.model.label}"
+                + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "")
+                + ")"
+                + (f", diverged: seed {', '.join(diverged)}" if diverged else "")
+            )
+            histories = figures.read_histories(args.history / cell)
+            confusion = confusion_figure(report, f"Confusion matrix: {cell}")
+            figures.save(curves_figure(histories, title), out / cell / "curves.png")
+            figures.save(confusion, out / cell / "confusion_matrix.png")
+            print(f"plot: {cell} -> {args.out / cell}/curves.png, confusion_matrix.png")
 
 
 if __name__ == "__main__":
