@@ -6,16 +6,17 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 PORT ?= 5000
+# Grid cells trained at once by `make repro`, experiments at once by `make sweep`: one per core.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # `make sweep`: one queued experiment per value (space-separated overrides, comma-separated values).
 SET ?= optimizers.sgd.learning_rate=0.05,0.1
-JOBS ?= 2
 
 # Everything below (and DVC queue workers started from here) finds dvc, mlflow and python in .venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}
 
-.PHONY: help venv repro sweep test lint format ui clean
+.PHONY: help venv repro sweep bench test lint format ui clean
 
 help: ## List the targets with their purpose
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,10 +31,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP) ## Create .venv from the pinned requirements (done by the other targets)
 
-repro: venv ## Run the pipeline: check params.yaml, then `dvc repro` (only what changed)
+repro: venv ## Run the pipeline: check params.yaml, then `dvc repro` (only what changed; JOBS cells at once)
 	@# Before DVC itself reads params.yaml to expand the grid, so even a broken grid gets our message.
 	@PYTHONPATH=src python -m annlab.stages.validate --params params.yaml
-	dvc repro
+	PYTHONPATH=src python -m annlab.repro --jobs $(JOBS)
 
 sweep: venv ## Queue one experiment per value of SET (key=v1,v2), run JOBS at a time, show them
 	@PYTHONPATH=src python -m annlab.stages.validate --params params.yaml
@@ -46,14 +47,17 @@ sweep: venv ## Queue one experiment per value of SET (key=v1,v2), run JOBS at a 
 	dvc exp show --md --only-changed \
 		--drop 'Created|Executor|^models|^data/|^src/|^params.yaml$$|^reports/(eval|history|figures|metrics)|:(cells|runs|tested_cells)$$'
 
+bench: venv ## Benchmark annlab beside the tutorial's code (about 25 min); writes reports/benchmarks.md
+	python benchmarks/bench.py
+
 test: venv ## Run the test suite (includes a small end-to-end `dvc repro`)
 	python -m pytest
 
 lint: venv ## Check style with ruff
-	ruff check src tests && ruff format --check src tests
+	ruff check src tests benchmarks && ruff format --check src tests benchmarks
 
 format: venv ## Format the code with ruff
-	ruff check --fix src tests && ruff format src tests
+	ruff check --fix src tests benchmarks && ruff format src tests benchmarks
 
 ui: venv ## Serve the MLflow UI on 127.0.0.1:$(PORT) over the project's store
 	mlflow ui --backend-store-uri "$(TRACKING_URI)" --host 127.0.0.1 --port $(PORT)

@@ -31,20 +31,28 @@ def dvc(repo: Path, *args: str, store: str | None, check: bool = True) -> subpro
     """Run `dvc` in `repo` as `make` would: this interpreter's bin first on PATH (stages and
     queue workers call `python` and `dvc` by name). `store`: the MLFLOW_TRACKING_URI the
     stages get; None leaves it unset, so they use the default store at the repo root."""
+    return _run(repo, [str(Path(sys.executable).parent / "dvc"), *args], store, check)
+
+
+def repro(repo: Path, jobs: int, store: str | None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the pipeline as `make repro JOBS=<jobs>` does (after its params check)."""
+    return _run(repo, [sys.executable, "-m", "annlab.repro", "--jobs", str(jobs)], store, check)
+
+
+def _run(repo: Path, argv: list[str], store: str | None, check: bool) -> subprocess.CompletedProcess[str]:
     bin_dir = str(Path(sys.executable).parent)
     env = {
         **os.environ,
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
         "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": "src",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     if store is not None:
         env["MLFLOW_TRACKING_URI"] = store
-    proc = subprocess.run(
-        [str(Path(bin_dir) / "dvc"), *args], cwd=repo, capture_output=True, text=True, env=env
-    )
+    proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"{' '.join(argv[-3:])} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 

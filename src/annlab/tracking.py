@@ -136,7 +136,8 @@ def _store_lock(uri: str) -> contextlib.AbstractContextManager[object]:
     """For a SQLite store, an inter-process lock on it (else nothing).
 
     MLflow creates and migrates a new database on first use; two stages doing that at once
-    (parallel queued experiments) leave it broken, so the first use is serialized.
+    (parallel queued experiments) leave it broken, so the first use is serialized, as is the
+    creation of a grid's parent run.
     """
     if not uri.startswith(SQLITE):
         return contextlib.nullcontext()
@@ -193,12 +194,17 @@ def find_runs(exp_id: str, filters: dict[str, str]) -> list[Run]:
 
 
 def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str]) -> str:
-    """The id of the grid's parent run, created (RUNNING until the report ends it) if missing."""
-    found = find_runs(exp_id, {GRID_TAG: grid_id, ROLE_TAG: "grid"})
-    if found:
-        return found[-1].info.run_id  # the oldest, should two stages have raced to create one
-    run = MlflowClient().create_run(exp_id, run_name=name, tags={GRID_TAG: grid_id, ROLE_TAG: "grid", **tags})
-    return run.info.run_id
+    """The id of the grid's parent run, created (RUNNING until the report ends it) if missing.
+
+    Cells that train side by side (`make repro JOBS=2`) would each create one: the store's
+    lock makes the second find the first's.
+    """
+    with _store_lock(mlflow.get_tracking_uri()):
+        found = find_runs(exp_id, {GRID_TAG: grid_id, ROLE_TAG: "grid"})
+        if found:
+            return found[-1].info.run_id  # the oldest, should a tracking server have let two race
+        tags = {GRID_TAG: grid_id, ROLE_TAG: "grid", **tags}
+        return MlflowClient().create_run(exp_id, run_name=name, tags=tags).info.run_id
 
 
 def start_cell_run(
