@@ -1,0 +1,477 @@
+"""`make bench`: annlab beside the tutorial's plain Keras code, in one run; writes
+reports/benchmarks.md (medians, min/max, ratios, the machine).
+
+Measured, each side in fresh processes so that every run pays what a user pays:
+- training throughput: the tutorial's MNIST MLP (784-128-64-10, batch 32, Adam) with plain
+  `fit` vs annlab's training at the same hyperparameters and seed, on MNIST-shaped synthetic data;
+- the whole default pipeline (`make repro`, from a clone with no outputs, no DVC cache and an
+  empty MLflow store) vs the tutorial's digits script run once per grid cell;
+- a no-op `dvc repro`; the peak memory of each stage; MLflow's cost per run.
+
+`--smoke` runs every part on tiny sizes (the test suite does, to keep this script working).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SEED = 42
+
+
+def synthetic_mnist(path: Path, n_train: int, n_test: int, seed: int = 0) -> None:
+    """MNIST-shaped data: 28x28 uint8 images of 10 classes, each a faint class template under
+    uniform noise, so that a 784-128-64-10 MLP learns it to about 90-95 % in a few epochs."""
+    rng = np.random.default_rng(seed)
+    templates = rng.random((10, 28, 28))
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = rng.integers(0, 10, n)
+        x = 0.12 * templates[y] + 0.88 * rng.random((n, 28, 28))
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = (x * 255).astype(np.uint8), y.astype(np.uint8)
+    np.savez(path, **arrays)
+
+
+def annlab_mlp(data_path: str, epochs: int, seed: int) -> None:
+    """annlab's training of the tutorial's MLP (what the train stage runs), as JSON on stdout."""
+    import keras
+
+    from annlab import model as annmodel
+    from annlab.metrics import one_hot
+    from annlab.params import Params
+    from annlab.speed import Speed
+
+    speed = Speed.from_env()
+    annmodel.configure(speed)
+    with np.load(data_path) as f:
+        # preprocess's minmax scaling: float32 in [0, 1]
+        x, xt = (f[k].reshape(len(f[k]), -1).astype(np.float32) / 255 for k in ("x_train", "x_test"))
+        y, yt = one_hot(f["y_train"], 10), one_hot(f["y_test"], 10)
+    params = Params.model_validate(
+        {"model": {"hidden_units": [128, 64]}, "train": {"epochs": epochs, "batch_size": 32}}
+    ).for_cell("adam", "relu")
+    annmodel.seed_everything(seed)
+    model = annmodel.compiled_model(params, 784, 10, speed, len(x))
+    seconds: list[float] = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            seconds.append(time.perf_counter() - self.started)
+
+    annmodel.fit(model, (x, y), (xt, yt), epochs, 32, callbacks=[EpochTimer()], verbose=0)
+    _, accuracy = model.evaluate(xt, yt, verbose=0)
+    print(json.dumps({"seconds_per_epoch": seconds, "test_accuracy": float(accuracy)}))
+
+
+def mlflow_overhead(runs: int) -> None:
+    """MLflow's cost, in one warm process: importing it, opening the store, and logging one
+    training run the way the train and report stages do, against not logging it. JSON out."""
+    started = time.perf_counter()
+    import mlflow
+
+    imported = time.perf_counter() - started
+    from annlab import model as annmodel
+    from annlab import tracking
+    from annlab.params import Params
+    from annlab.speed import Speed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        started = time.perf_counter()
+        exp_id = tracking.experiment_id("bench")
+        opened = time.perf_counter() - started
+        params = Params().for_cell("adam", "relu")
+        model = annmodel.compiled_model(params, 64, 10, Speed(), 1000)
+        x = np.random.default_rng(0).random((1000, 64)).astype(np.float32)
+        history = {k: [0.5] * params.train.epochs for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        figures = [Path(tmp) / name for name in ("curves.png", "confusion_matrix.png")]
+        for png in figures:  # the size of the stage's figures
+            png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(50_000))
+        per_run, nothing = [], []
+        for i in range(runs):
+            started = time.perf_counter()
+            with mlflow.start_run(experiment_id=exp_id, run_name=f"run {i}"):
+                mlflow.log_params(tracking.cell_params(params, "adam", "relu", SEED))
+                for split in ("training", "validation", "testing"):
+                    mlflow.log_input(mlflow.data.from_numpy(x, name=split), context=split)
+                for epoch in range(params.train.epochs):
+                    mlflow.log_metrics({k: v[epoch] for k, v in history.items()}, step=epoch + 1)
+                mlflow.log_metrics({"test_accuracy": 0.9, "test_loss": 0.1, "macro_f1": 0.9})
+                mlflow.log_text("summary", "model_summary.txt")
+                for png in figures:
+                    mlflow.log_artifact(str(png), artifact_path="plots")
+                signature = mlflow.models.infer_signature(x[:5], model.predict(x[:5], verbose=0))
+                mlflow.keras.log_model(
+                    model, name="model", signature=signature, pip_requirements=tracking.pip_requirements()
+                )
+            per_run.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            model.save(Path(tmp) / "model.keras")  # what a run does without MLflow: keep the model
+            nothing.append(time.perf_counter() - started)
+    print(json.dumps({"import": imported, "open_store": opened, "per_run": per_run, "nothing": nothing}))
+
+
+def _python(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, Any]:
+    """Run this interpreter on `args` in a fresh process; its last stdout line, as JSON."""
+    proc = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+    )
+    if proc.returncode:
+        raise SystemExit(f"bench: {' '.join(args[:2])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Wall seconds of a command that must succeed (its output goes to a log in `cwd`)."""
+    started = time.perf_counter()
+    with open(cwd / "bench.log", "a", encoding="utf-8") as log:
+        proc = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise SystemExit(f"bench: {' '.join(command)} failed in {cwd}; see {cwd / 'bench.log'}")
+    return time.perf_counter() - started
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """Median, min and max."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def bench_training(repeats: int, epochs: int, n_train: int, n_test: int, tmp: Path) -> dict[str, Any]:
+    """Seconds per epoch (median over the epochs after the first, which traces the graph) and
+    final test accuracy: the tutorial's plain fit, annlab's default and annlab with XLA."""
+    data = tmp / "mnist_like.npz"
+    synthetic_mnist(data, n_train, n_test)
+    sides = {
+        "tutorial": ([str(HERE / "tutorial_mlp.py"), str(data), str(epochs), str(SEED)], {}),
+        "annlab": ([__file__, "annlab-mlp", str(data), str(epochs), str(SEED)], {}),
+        "annlab_xla": (
+            [__file__, "annlab-mlp", str(data), str(epochs), str(SEED)],
+            {"ANNLAB_JIT_COMPILE": "1"},
+        ),
+    }
+    results: dict[str, dict[str, list[float]]] = {k: {"epoch": [], "accuracy": []} for k in sides}
+    for _ in range(repeats):  # interleaved, so that a slow minute of the machine hits every side
+        for side, (args, env) in sides.items():
+            out = _python(*args, env={"PYTHONPATH": str(ROOT / "src"), **env})
+            timed = out["seconds_per_epoch"][1:] or out["seconds_per_epoch"]
+            results[side]["epoch"].append(statistics.median(timed))
+            results[side]["accuracy"].append(out["test_accuracy"])
+    return {
+        "epochs": epochs,
+        "n_train": n_train,
+        "n_test": n_test,
+        **{
+            side: {"epoch": stats(r["epoch"]), "accuracy": stats(r["accuracy"])}
+            for side, r in results.items()
+        },
+    }
+
+
+def _clone(tmp: Path, overrides: dict[str, Any]) -> Path:
+    """A copy of the working tree (what git would commit; no outputs), made a git repo of its
+    own as a clone would be, sharing the project's .venv; params edited by `overrides`."""
+    import yaml
+
+    repo = tmp / "clone"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    (repo / ".venv").symlink_to(ROOT / ".venv")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in overrides.items():
+        *parents, last = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for command in (["init", "--quiet"], ["add", "--all"], ["commit", "--quiet", "-m", "bench"]):
+        subprocess.run([*git, *command], cwd=repo, check=True)
+    return repo
+
+
+def _make_repro(repo: Path, env: dict[str, str], jobs: int) -> float:
+    """Wall seconds of what `make repro JOBS=<jobs>` runs (make itself would check the .venv)."""
+    started = time.perf_counter()
+    _timed([sys.executable, "-m", "annlab.stages.validate", "--params", "params.yaml"], repo, env)
+    _timed([sys.executable, "-m", "annlab.repro", "--jobs", str(jobs)], repo, env)
+    return time.perf_counter() - started
+
+
+def _fresh(repo: Path) -> None:
+    """No outputs, no DVC cache (so no run cache), no MLflow store: a first `make repro`."""
+    for name in ("data", "models", ".dvc/cache", ".dvc/tmp", "mlflow.db", "mlflow.db.lock", "mlartifacts"):
+        path = repo / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    subprocess.run(["git", "checkout", "--quiet", "--", "reports"], cwd=repo, check=True)
+    subprocess.run(["git", "clean", "--quiet", "-fdx", "--", "reports"], cwd=repo, check=True)
+
+
+def bench_pipeline(
+    repeats: int, noop_repeats: int, overrides: dict[str, Any], tmp: Path, serial: bool
+) -> dict[str, Any]:
+    """The default pipeline from nothing vs the tutorial's script once per cell; no-op repro;
+    peak RSS per stage; serial `dvc repro` once, for reference."""
+    import yaml
+
+    repo = _clone(tmp, overrides)
+    grid = yaml.safe_load((repo / "params.yaml").read_text())["grid"]
+    n_cells = len(grid["optimizer"]) * len(grid["activation"])
+    env = {
+        **os.environ,
+        "PATH": f"{ROOT / '.venv/bin'}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": "src",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    stats_file = tmp / "stages.jsonl"
+    jobs = os.cpu_count() or 1
+    pipeline, tutorial = [], []
+    for _ in range(repeats):
+        _fresh(repo)
+        stats_file.unlink(missing_ok=True)
+        pipeline.append(_make_repro(repo, {**env, "ANNLAB_STAGE_STATS": str(stats_file)}, jobs))
+        started = time.perf_counter()
+        for _ in range(n_cells):
+            _timed([sys.executable, str(HERE / "tutorial_digits.py")], repo, env)
+        tutorial.append(time.perf_counter() - started)
+    peaks: dict[str, float] = {}
+    for line in stats_file.read_text().splitlines():
+        entry = json.loads(line)
+        stage = entry["stage"].split("@")[0] if entry["stage"].startswith("train@") else entry["stage"]
+        peaks[stage] = max(peaks.get(stage, 0.0), entry["peak_rss_mib"])
+    noop = [_timed(["dvc", "repro"], repo, env) for _ in range(noop_repeats)]
+    make_noop = [_make_repro(repo, env, jobs) for _ in range(noop_repeats)]
+    if serial:
+        _fresh(repo)
+    return {
+        "cells": n_cells,
+        "jobs": jobs,
+        "pipeline": stats(pipeline),
+        "tutorial": stats(tutorial),
+        "serial": _make_repro(repo, env, 1) if serial else None,
+        "noop": stats(noop),
+        "make_noop": stats(make_noop),
+        "peak_rss_mib": peaks,
+        "overrides": overrides,
+    }
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on."""
+    from importlib import metadata
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = next(
+            line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+        )
+        memory = f"{int(mem.split()[1]) / 2**20:.1f} GiB"
+    except (OSError, StopIteration):
+        memory = "unknown"
+    versions = ", ".join(
+        f"{d} {metadata.version(d)}" for d in ("tensorflow-cpu", "keras", "mlflow", "dvc") if _has(d)
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "memory": memory,
+        "system": f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        "libraries": versions,
+        "commit": commit.stdout.strip() or "unknown",
+        "gpu": "none used (TensorFlow CPU)",
+    }
+
+
+def _has(dist: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _fmt(s: dict[str, float], digits: int = 2) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+
+def _verdict(ok: bool, detail: str) -> str:
+    return ("met" if ok else "**missed**") + f": {detail}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """reports/benchmarks.md."""
+    m, t, p, ml = result["machine"], result["training"], result["pipeline"], result["mlflow"]
+    tut, ann, xla = t["tutorial"], t["annlab"], t["annlab_xla"]
+    speedup = tut["epoch"]["median"] / ann["epoch"]["median"]
+    speedup_xla = tut["epoch"]["median"] / xla["epoch"]["median"]
+    gap = 100 * (ann["accuracy"]["median"] - tut["accuracy"]["median"])
+    ratio = p["pipeline"]["median"] / p["tutorial"]["median"]
+    noop = p["noop"]["median"]
+    worst_stage, worst_rss = max(p["peak_rss_mib"].items(), key=lambda kv: kv[1])
+    serial = []
+    if p["serial"] is not None:
+        serial = [
+            f"| `make repro JOBS=1` (plain `dvc repro`, one run) | {p['serial']:.1f}"
+            f" | {p['serial'] / p['tutorial']['median']:.2f}× |"
+        ]
+    per_run = statistics.median(ml["per_run"]) - statistics.median(ml["nothing"])
+    lines = [
+        "# Benchmarks: annlab beside the tutorial's plain Keras code",
+        "",
+        f"Written by `make bench`{' --smoke (tiny sizes: not figures to quote)' if result['smoke'] else ''}."
+        " Medians, with (min–max), over "
+        f"{t['tutorial']['epoch']['n']} runs of each side, interleaved in one run of the benchmark.",
+        "",
+        "## Machine",
+        "",
+        *(f"- {k}: {v}" for k, v in m.items()),
+        "",
+        "## Targets",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+        f"| training throughput ≥ 4× the tutorial's `fit`, accuracy within 0.3 points | {speedup:.2f}×,"
+        f" {gap:+.2f} points | {_verdict(speedup >= 4 and abs(gap) <= 0.3, f'{speedup / 4:.0%} of 4×')} |",
+        f"| whole default pipeline ≤ 1.0× the tutorial's script once per cell (stretch 0.8×) | {ratio:.2f}×"
+        f" | {_verdict(ratio <= 1.0, 'stretch ' + ('met' if ratio <= 0.8 else 'missed'))} |",
+        f"| no-op `dvc repro` ≤ 1.5 s | {noop:.2f} s"
+        f" | {_verdict(noop <= 1.5, f'{noop - 1.5:+.2f} s against 1.5 s')} |",
+        f"| peak RSS of any stage ≤ 1 GiB | {worst_rss:.0f} MiB ({worst_stage})"
+        f" | {_verdict(worst_rss <= 1024, f'{1024 - worst_rss:.0f} MiB to spare')} |",
+        "",
+        "## Training throughput",
+        "",
+        f"784-128-64-10 MLP, batch 32, Adam, seed {SEED}, {t['n_train']:,} training and {t['n_test']:,}"
+        f" test images (MNIST-shaped, synthetic), {t['epochs']} epochs; seconds per epoch (validation"
+        " included) are the median of epochs 2 onwards (the first traces the graph).",
+        "",
+        "| code | s / epoch | × tutorial | final test accuracy |",
+        "|---|---|---|---|",
+        f"| tutorial: plain `model.fit` | {_fmt(tut['epoch'])} | 1.00× | {_fmt(tut['accuracy'], 4)} |",
+        f"| annlab (default: whole epoch per call, 1 intra-op thread) | {_fmt(ann['epoch'])} | {speedup:.2f}×"
+        f" | {_fmt(ann['accuracy'], 4)} |",
+        f"| annlab with XLA (`ANNLAB_JIT_COMPILE=1`, not bit-identical) | {_fmt(xla['epoch'])}"
+        f" | {speedup_xla:.2f}× | {_fmt(xla['accuracy'], 4)} |",
+        "",
+        "## Whole pipeline",
+        "",
+        f"`make repro` from a clone with no outputs, no DVC cache and an empty MLflow store"
+        f" ({p['cells']} cells, {p['jobs']} at a time, everything logged to MLflow), against the"
+        f" tutorial's digits script run {p['cells']} times, one after another.",
+        "",
+        "| what | seconds | × tutorial |",
+        "|---|---|---|",
+        f"| tutorial script × {p['cells']} | {_fmt(p['tutorial'], 1)} | 1.00× |",
+        f"| `make repro` (cells side by side) | {_fmt(p['pipeline'], 1)} | {ratio:.2f}× |",
+        *serial,
+        f"| no-op `dvc repro` | {_fmt(p['noop'])} | |",
+        f"| no-op `make repro` (params check, status, repro) | {_fmt(p['make_noop'])} | |",
+        "",
+        "Peak resident memory per stage (the largest over cells and runs):",
+        "",
+        "| stage | peak RSS (MiB) |",
+        "|---|---|",
+        *(f"| {stage} | {mib:.0f} |" for stage, mib in p["peak_rss_mib"].items()),
+        "",
+        "## MLflow overhead",
+        "",
+        f"- importing MLflow: {ml['import']:.2f} s per process; opening the SQLite store:"
+        f" {ml['open_store']:.2f} s",
+        "- logging one run (params, 3 datasets, 20 epochs of curves, test metrics, 2 figures, the model"
+        f" with its signature and given requirements): {_fmt(stats(ml['per_run']))} s, against"
+        f" {_fmt(stats(ml['nothing']))} s for only saving the model: **{per_run:.2f} s per run**",
+        "",
+    ]
+    if p["overrides"]:
+        lines.insert(4, f"Pipeline params changed for this run: `{p['overrides']}`.\n")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every benchmark and write the report."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ROOT / "reports/benchmarks.md")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each side (default: %(default)s)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every part runs")
+    args = p.parse_args(argv)
+    if args.smoke:
+        sizes = {"epochs": 2, "n_train": 2000, "n_test": 500}
+        overrides = {
+            "data.subset": 300,
+            "train.epochs": 2,
+            "grid.optimizer": ["adam"],
+            "grid.activation": ["relu", "tanh"],
+        }
+        repeats, noop_repeats, runs = 1, 1, 1
+    else:
+        sizes = {"epochs": 4, "n_train": 60_000, "n_test": 10_000}
+        overrides, repeats, noop_repeats, runs = {}, args.repeats, 5, 5
+    with tempfile.TemporaryDirectory(prefix="annlab-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        print("bench: training throughput", flush=True)
+        training = bench_training(repeats, tmp=tmp, **sizes)
+        print("bench: whole pipeline", flush=True)
+        pipeline = bench_pipeline(repeats, noop_repeats, overrides, tmp, serial=not args.smoke)
+        print("bench: MLflow overhead", flush=True)
+        mlflow = _python(__file__, "mlflow-overhead", str(runs), env={"PYTHONPATH": str(ROOT / "src")})
+    result = {
+        "machine": machine(),
+        "training": training,
+        "pipeline": pipeline,
+        "mlflow": mlflow,
+        "smoke": args.smoke,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown(result), encoding="utf-8")
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"bench: -> {args.out}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["annlab-mlp"]:
+        annlab_mlp(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1:2] == ["mlflow-overhead"]:
+        mlflow_overhead(int(sys.argv[2]))
+    else:
+        main()
