@@ -40,7 +40,8 @@ def evaluate_cell(model_dir: Path, x_test: np.ndarray, y_test: np.ndarray, names
             # Its weights are NaN: there is nothing to test, and a made-up score would mislead.
             entry.update({k: None for k in metrics.TEST_METRICS}, n_test=len(y_test))
         else:
-            model = keras.saving.load_model(seed_dir / "model.keras", safe_mode=True)
+            # Not compiled: predicting needs no optimizer state.
+            model = keras.saving.load_model(seed_dir / "model.keras", safe_mode=True, compile=False)
             probs = model.predict(x_test, verbose=0)
             scalars, report = metrics.evaluate(y_test, probs, meta["loss"], names)
             entry.update(scalars, classes=report["classes"], confusion_matrix=report["confusion_matrix"])

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from annlab import cli, figures, io
-from annlab.params import load_params
+from annlab.params import Params, load_params
 
 
 def curves_figure(histories: dict[int, pd.DataFrame], title: str) -> Any:
@@ -60,32 +60,46 @@ def confusion_figure(report: dict[str, Any], title: str) -> Any:
     return fig
 
 
+def draw_cell(cell: str, params: Params, history_dir: Path, report: dict[str, Any], out: Path) -> str:
+    """Save one cell's curves and confusion matrix under `out/<cell>/`; a line to print."""
+    seeds = [s["seed"] for s in report["seeds"]]
+    diverged = [str(s["seed"]) for s in report["seeds"] if s["diverged"]]
+    title = (
+        f"{cell} ({params.data.dataset}, {params.model.label}"
+        + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "")
+        + ")"
+        + (f", diverged: seed {', '.join(diverged)}" if diverged else "")
+    )
+    figures.save(curves_figure(figures.read_histories(history_dir), title), out / cell / "curves.png")
+    figures.save(confusion_figure(report, f"Confusion matrix: {cell}"), out / cell / "confusion_matrix.png")
+    return f"plot: {cell} -> curves.png, confusion_matrix.png"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Draw every cell's learning curves (over its seeds) and test confusion matrix."""
+    """Draw every cell's learning curves (over its seeds) and test confusion matrix, the cells
+    shared out over the cores (matplotlib draws on one)."""
     p = cli.parser(__doc__)
     p.add_argument("--history", type=Path, required=True, help="train's history folders, one per cell")
     p.add_argument("--eval", type=Path, required=True, help="evaluate's report JSON per cell")
     p.add_argument("--out", type=Path, required=True, help="folder: <cell>/curves.png, confusion_matrix.png")
     args = p.parse_args(argv)
     params = load_params(args.params)
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     from annlab.report import cells
 
+    figures.pyplot()  # imported once, before the workers fork
+    names = [cell for cell, _, _ in cells(params)]
+    reports = [io.read_json(args.eval / f"{cell}.json") for cell in names]
     with io.atomic_path(args.out) as out:
-        for cell, _, _ in cells(params):
-            report = io.read_json(args.eval / f"{cell}.json")
-            seeds = [s["seed"] for s in report["seeds"]]
-            diverged = [str(s["seed"]) for s in report["seeds"] if s["diverged"]]
-            title = (
-                f"{cell} ({params.data.dataset}, {params.model.label}"
-                + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "")
-                + ")"
-                + (f", diverged: seed {', '.join(diverged)}" if diverged else "")
-            )
-            histories = figures.read_histories(args.history / cell)
-            confusion = confusion_figure(report, f"Confusion matrix: {cell}")
-            figures.save(curves_figure(histories, title), out / cell / "curves.png")
-            figures.save(confusion, out / cell / "confusion_matrix.png")
-            print(f"plot: {cell} -> {args.out / cell}/curves.png, confusion_matrix.png")
+        jobs = min(len(names), os.cpu_count() or 1)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            histories = [args.history / cell for cell in names]
+            n = len(names)
+            for line in pool.map(draw_cell, names, [params] * n, histories, reports, [out] * n):
+                print(line)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from annlab import cli, io
 from annlab.metrics import one_hot
 from annlab.params import load_params
@@ -75,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     # Heavy imports only once the params are known to be good.
     import keras
     import mlflow
+    from mlflow.entities import Metric
+    from mlflow.models import ModelSignature
+    from mlflow.tracking import MlflowClient
+    from mlflow.types import Schema, TensorSpec
 
     from annlab import model as annmodel
     from annlab import tracking
@@ -101,14 +107,30 @@ def main(argv: list[str] | None = None) -> None:
     }
 
     class EpochLogger(keras.callbacks.Callback):
-        """Log each epoch's metrics as it ends (step = epoch, from 1), so the UI shows progress;
-        stop at the first epoch whose loss is no longer finite (the cell has diverged)."""
+        """Log each epoch's metrics (step = epoch, from 1) so the UI shows progress, at most
+        once a second: a write to the store costs about as much as a digits epoch. Stop at the
+        first epoch whose loss is no longer finite (the cell has diverged)."""
+
+        def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+            self.pending: list[Metric] = []
+            self.flushed = time.monotonic()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = {k: float(v) for k, v in (logs or {}).items()}
-            mlflow.log_metrics(logs, step=epoch + 1)
+            now_ms = int(time.time() * 1000)
+            self.pending += [Metric(k, v, now_ms, epoch + 1) for k, v in logs.items()]
+            if time.monotonic() - self.flushed >= 1.0:
+                self.flush()
             if not all(math.isfinite(v) for v in logs.values()):
                 self.model.stop_training = True
+
+        def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+            self.flush()
+
+        def flush(self) -> None:
+            if self.pending:
+                MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=self.pending)
+            self.pending, self.flushed = [], time.monotonic()
 
     def train_seed(seed: int, seed_dir: Path, history_path: Path) -> str:
         """Train one seed of the cell in its own MLflow run, save it; return a one-line summary."""
@@ -171,7 +193,11 @@ def main(argv: list[str] | None = None) -> None:
             if diverged_at is not None:
                 # NaN weights: no model worth serving, and nothing to test.
                 return f"train: {name}: diverged at epoch {diverged_at} (loss no longer finite); stopped"
-            signature = mlflow.models.infer_signature(x_val[:5], model.predict(x_val[:5], verbose=0))
+            # From the shapes: inferring it from a prediction would trace a predict function.
+            signature = ModelSignature(
+                inputs=Schema([TensorSpec(x_train.dtype, (-1, x_train.shape[1]))]),
+                outputs=Schema([TensorSpec(np.dtype("float32"), (-1, n_classes))]),
+            )
             mlflow.keras.log_model(
                 model, name="model", signature=signature, pip_requirements=tracking.pip_requirements()
             )
