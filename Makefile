@@ -47,7 +47,7 @@ sweep: venv ## Queue one experiment per value of SET (key=v1,v2), run JOBS at a 
 	dvc exp show --md --only-changed \
 		--drop 'Created|Executor|^models|^data/|^src/|^params.yaml$$|^reports/(eval|history|figures|metrics)|:(cells|runs|tested_cells)$$'
 
-bench: venv ## Benchmark annlab beside the tutorial's code (about 25 min); writes reports/benchmarks.md
+bench: venv ## Benchmark annlab beside the tutorial's code (about 16 min); writes reports/benchmarks.md
 	python benchmarks/bench.py
 
 test: venv ## Run the test suite (includes a small end-to-end `dvc repro`)
