@@ -166,6 +166,10 @@ class Params(_Section):
             }
         )
 
+    def cells(self) -> list[tuple[str, str, str]]:
+        """(cell, optimizer, activation) of the grid, in params order (optimizer-major)."""
+        return [(f"{o}-{a}", o, a) for o in self.grid.optimizer for a in self.grid.activation]
+
     @property
     def seeds(self) -> list[int]:
         """The training seeds of every cell: `grid.seeds`, else the one top-level `seed`."""

@@ -76,11 +76,6 @@ def rows_csv(rows: pd.DataFrame) -> str:
     return rows.to_csv(index=False, lineterminator="\n")
 
 
-def cells(params: Params) -> list[tuple[str, str, str]]:
-    """(cell, optimizer, activation) of the grid, in params order (optimizer-major)."""
-    return [(f"{o}-{a}", o, a) for o in params.grid.optimizer for a in params.grid.activation]
-
-
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: mean and sample std over its seeds that did not diverge.
 

@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> None:
     import logging
 
     from annlab.model import configure
-    from annlab.report import cells
     from annlab.speed import Speed
 
     configure(Speed.from_env())
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     ):
         for folder in (metrics_dir, eval_dir, predictions_dir):
             folder.mkdir(parents=True)
-        for cell, _, _ in cells(params):
+        for cell, _, _ in params.cells():
             model_dir = args.models / cell
             if not model_dir.is_dir():
                 raise UserError(f"{model_dir}: missing; run `dvc repro` so cell {cell} is trained")

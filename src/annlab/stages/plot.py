@@ -88,10 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    from annlab.report import cells
-
     figures.pyplot()  # imported once, before the workers fork
-    names = [cell for cell, _, _ in cells(params)]
+    names = [cell for cell, _, _ in params.cells()]
     reports = [io.read_json(args.eval / f"{cell}.json") for cell in names]
     with io.atomic_path(args.out) as out:
         jobs = min(len(names), os.cpu_count() or 1)

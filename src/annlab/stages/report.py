@@ -21,7 +21,7 @@ from annlab.params import Params, load_params
 def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Per (cell, seed): its metrics, its timing, and train's meta and timing (for MLflow)."""
     rows, timings, metas = [], [], {}
-    for cell, optimizer, activation in rep.cells(params):
+    for cell, optimizer, activation in params.cells():
         path = eval_dir / f"{cell}.json"
         if not path.is_file():
             raise UserError(f"{path}: missing; cell {cell} of the grid has not been evaluated")
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
 
     rows, timings, metas = read_rows(params, args.eval, args.models)
-    histories = {cell: figures.read_histories(args.history / cell) for cell, _, _ in rep.cells(params)}
+    histories = {cell: figures.read_histories(args.history / cell) for cell, _, _ in params.cells()}
     summary = rep.summarize(rows)
     data_name = params.data.dataset
     figures.save(
