@@ -63,9 +63,9 @@ def annlab_mlp(data_path: str, epochs: int, seed: int) -> None:
         y, yt = one_hot(f["y_train"], 10), one_hot(f["y_test"], 10)
     params = Params.model_validate(
         {"model": {"hidden_units": [128, 64]}, "train": {"epochs": epochs, "batch_size": 32}}
-    ).for_cell("adam", "relu")
+    ).for_cell("ann", "adam", "relu")
     annmodel.seed_everything(seed)
-    model = annmodel.compiled_model(params, 784, 10, speed, len(x))
+    model = annmodel.compiled_model(params, (28, 28), 10, speed, len(x))
     seconds: list[float] = []
 
     class EpochTimer(keras.callbacks.Callback):
@@ -97,8 +97,8 @@ def mlflow_overhead(runs: int) -> None:
         started = time.perf_counter()
         exp_id = tracking.experiment_id("bench")
         opened = time.perf_counter() - started
-        params = Params().for_cell("adam", "relu")
-        model = annmodel.compiled_model(params, 64, 10, Speed(), 1000)
+        params = Params().for_cell("ann", "adam", "relu")
+        model = annmodel.compiled_model(params, (8, 8), 10, Speed(), 1000)
         x = np.random.default_rng(0).random((1000, 64)).astype(np.float32)
         history = {k: [0.5] * params.train.epochs for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
         figures = [Path(tmp) / name for name in ("curves.png", "confusion_matrix.png")]
@@ -108,7 +108,7 @@ def mlflow_overhead(runs: int) -> None:
         for i in range(runs):
             started = time.perf_counter()
             with mlflow.start_run(experiment_id=exp_id, run_name=f"run {i}"):
-                mlflow.log_params(tracking.cell_params(params, "adam", "relu", SEED))
+                mlflow.log_params(tracking.cell_params(params, "ann", "adam", "relu", SEED))
                 for split in ("training", "validation", "testing"):
                     mlflow.log_input(mlflow.data.from_numpy(x, name=split), context=split)
                 for epoch in range(params.train.epochs):
@@ -248,7 +248,7 @@ def bench_pipeline(
 
     repo = _clone(tmp, overrides)
     grid = yaml.safe_load((repo / "params.yaml").read_text())["grid"]
-    n_cells = len(grid["optimizer"]) * len(grid["activation"])
+    n_cells = len(grid["model"]) * len(grid["optimizer"]) * len(grid["activation"])
     env = {
         **os.environ,
         "PATH": f"{ROOT / '.venv/bin'}{os.pathsep}{os.environ['PATH']}",

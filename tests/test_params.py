@@ -46,6 +46,13 @@ def test_repo_params_are_valid_and_match_the_tutorial() -> None:
         ({"grid": {"optimizer": []}}, "grid.optimizer", "at least 1 item"),  # empty grid
         ({"grid": {"activation": ["relu", "relu"]}}, "grid.activation", "more than once"),
         ({"model": {"hidden_units": []}}, "model.hidden_units", "at least 1 item"),
+        ({"model": {"type": "transformer"}}, "model.type", "'ann', 'cnn', 'rnn' or 'lstm'"),
+        ({"grid": {"model": ["ann", "gru"]}}, "grid.model.1", "'ann', 'cnn', 'rnn' or 'lstm'"),
+        ({"grid": {"model": ["cnn", "cnn"]}}, "grid.model", "more than once"),
+        ({"model": {"cnn": {"filters": [0]}}}, "model.cnn.filters.0", "greater than or equal to 1"),
+        ({"model": {"lstm": {"units": []}}}, "model.lstm.units", "at least 1 item"),
+        ({"model": {"rnn": {"dropout": 1.0}}}, "model.rnn.dropout", "less than 1"),
+        ({"model": {"cnn": {"kernal_size": 3}}}, "model.cnn.kernal_size", "did you mean 'kernel_size'"),
         ({"mlflow": {"experiment": ""}}, "mlflow.experiment", "at least 1 character"),
     ],
 )
@@ -95,13 +102,57 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
         load_params(path)
 
 
-def test_for_cell_overrides_only_optimizer_and_activation() -> None:
+def test_for_cell_overrides_only_model_optimizer_and_activation() -> None:
     base = Params()
-    cell = base.for_cell("sgd", "tanh")
-    assert (cell.train.optimizer, cell.model.activation) == ("sgd", "tanh")
-    assert cell.model_dump(exclude={"train": {"optimizer"}, "model": {"activation"}}) == base.model_dump(
-        exclude={"train": {"optimizer"}, "model": {"activation"}}
+    cell = base.for_cell("lstm", "sgd", "tanh")
+    assert (cell.model.type, cell.train.optimizer, cell.model.activation) == ("lstm", "sgd", "tanh")
+    single_run = {"train": {"optimizer"}, "model": {"type", "activation"}}
+    assert cell.model_dump(exclude=single_run) == base.model_dump(exclude=single_run)
+
+
+def test_cells_span_architectures_in_dvc_matrix_order() -> None:
+    params = parse_params(
+        {"grid": {"model": ["cnn", "ann"], "optimizer": ["adam"], "activation": ["relu", "tanh"]}}
     )
+    assert [c.name for c in params.cells()] == [
+        "cnn-adam-relu",
+        "cnn-adam-tanh",
+        "ann-adam-relu",
+        "ann-adam-tanh",
+    ]
+    assert params.cells()[0] == ("cnn-adam-relu", "cnn", "adam", "relu")
+    assert params.architectures() == {"cnn": "cnn 64-128 / 64-32", "ann": "ann 64-32"}
+    assert params.models_label() == "cnn+ann"
+    assert Params().models_label() == "ann 64-32"
+
+
+def test_grid_id_ignores_single_run_defaults_only() -> None:
+    base = Params()
+    assert parse_params({"model": {"type": "cnn", "activation": "tanh"}}).grid_id() == base.grid_id()
+    assert parse_params({"grid": {"model": ["ann", "cnn"]}}).grid_id() != base.grid_id()
+    assert parse_params({"model": {"lstm": {"units": [32]}}}).grid_id() != base.grid_id()
+
+
+@pytest.mark.parametrize(
+    ("raw", "fits"),
+    [
+        ({"model": {"cnn": {"filters": [8, 8, 8]}}}, True),  # digits 8x8 -> 4, 2, 1
+        ({"model": {"cnn": {"filters": [8, 8, 8, 8]}}}, False),  # ... -> 0
+        ({"model": {"cnn": {"filters": [8, 8], "pool_size": 3}}}, False),  # 8 -> 2 -> 0
+        ({"model": {"cnn": {"filters": [8, 8, 8, 8]}}, "data": {"dataset": "mnist"}}, True),  # 28 -> 1
+    ],
+)
+def test_a_cnn_must_fit_the_dataset_images(raw: dict, fits: bool) -> None:
+    raw = {**raw, "grid": {"model": ["ann", "cnn"]}}
+    if fits:
+        parse_params(raw)
+        return
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert "\n  model.cnn: " in str(err.value)
+    assert "images of digits to nothing" in str(err.value)
+    # Unused, the CNN's settings are not checked against the images.
+    parse_params({**raw, "grid": {"model": ["ann"]}})
 
 
 def test_validate_stage_fails_fast_and_writes_nothing(tmp_path: Path) -> None:

@@ -17,8 +17,10 @@ from conftest import dvc, repro, small_repo
 
 pytestmark = pytest.mark.slow
 
-CELLS = ["sgd-relu", "sgd-tanh", "adam-relu", "adam-tanh"]
+# A grid spanning two architectures: the tutorial's ANN and a small CNN.
+CELLS = ["ann-sgd-relu", "ann-adam-relu", "cnn-sgd-relu", "cnn-adam-relu"]
 EPOCHS = 2
+LABELS = {"ann": "ann 64-32", "cnn": "cnn 8-16 / 64-32"}
 
 
 def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -53,7 +55,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     def small(params: dict) -> None:
         params["data"]["subset"] = 400
         params["train"]["epochs"] = EPOCHS
-        params["grid"] = {"optimizer": ["sgd", "adam"], "activation": ["relu", "tanh"], "seeds": None}
+        params["model"]["cnn"]["filters"] = [8, 16]
+        params["grid"] = {
+            "model": ["ann", "cnn"],
+            "optimizer": ["sgd", "adam"],
+            "activation": ["relu"],
+            "seeds": None,
+        }
 
     commit = small_repo(repo, small)
     (repo.parent / f"{repo.name}-mlflow").mkdir()
@@ -106,11 +114,11 @@ def test_every_output_is_written(pipeline: dict) -> None:
             assert (repo / f"reports/figures/cells/{cell}/{png}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("accuracy_heatmap", "val_curves_by_activation", "val_curves_by_optimizer"):
         assert (repo / f"reports/figures/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (repo / "reports/comparison.md").read_text().startswith("# Which optimizer")
+    assert (repo / "reports/comparison.md").read_text().startswith("# Which architecture, optimizer")
 
 
 def test_adam_beats_chance_even_on_small_data(pipeline: dict) -> None:
-    metrics = json.loads((pipeline["repo"] / "reports/metrics/adam-relu.json").read_text())
+    metrics = json.loads((pipeline["repo"] / "reports/metrics/ann-adam-relu.json").read_text())
     assert metrics["test_accuracy"] > 0.2  # 10 classes: chance is 0.1; 2 short epochs
 
 
@@ -119,7 +127,7 @@ def test_report_equals_the_per_cell_metrics(pipeline: dict) -> None:
     table = pd.read_csv(repo / "reports/comparison.csv")
     assert list(table["cell"]) == CELLS
     markdown = (repo / "reports/comparison.md").read_text()
-    accuracy = markdown.split("## Test accuracy\n\n", 1)[1].split("\n\n", 1)[0]
+    accuracy = markdown.split("## Test accuracy\n\n", 1)[1].split("\n## ", 1)[0]
     best = max(
         CELLS, key=lambda c: json.loads((repo / f"reports/metrics/{c}.json").read_text())["test_accuracy"]
     )
@@ -127,13 +135,22 @@ def test_report_equals_the_per_cell_metrics(pipeline: dict) -> None:
         metrics = json.loads((repo / f"reports/metrics/{cell}.json").read_text())
         for key in ("test_accuracy", "test_loss", "macro_f1", "best_val_accuracy"):
             assert getattr(row, key) == metrics[key]
-        optimizer, activation = cell.split("-")
+        model, optimizer, _ = cell.split("-")
+        assert (row.model, row.optimizer, row.activation) == tuple(cell.split("-"))
         shown = f"{metrics['test_accuracy']:.4f}"
-        line = next(li for li in accuracy.splitlines() if li.startswith(f"| {optimizer} "))
-        column = 1 + ["relu", "tanh"].index(activation)
-        assert line.strip("|").split("|")[column].strip() in (shown, f"**{shown}**")
+        # One optimizer x activation table per architecture, under the network's label.
+        table_of = accuracy.split(f"### {LABELS[model]}\n\n", 1)[1].split("\n\n", 1)[0]
+        line = next(li for li in table_of.splitlines() if li.startswith(f"| {optimizer} "))
+        assert line.strip("|").split("|")[1].strip() in (shown, f"**{shown}**")
+    architectures = markdown.split("## Architectures\n\n", 1)[1].split("\n## ", 1)[0]
+    for model, label in LABELS.items():
+        n_params = json.loads((repo / f"models/{model}-adam-relu/seed-42/meta.json").read_text())["n_params"]
+        assert f"| {label} " in architectures and f"{n_params:,}" in architectures
     assert f"**Best cell: {best}**" in markdown
-    assert json.loads((repo / "reports/summary.json").read_text())["best_cell"] == best
+    summary = json.loads((repo / "reports/summary.json").read_text())
+    assert summary["best_cell"] == best
+    assert set(summary["by_model"]) == set(LABELS)
+    assert summary["by_model"][best.split("-")[0]]["best_cell"] == best
     assert f"git commit `{pipeline['commit'][:12]}`" in markdown
 
 
@@ -144,6 +161,7 @@ def test_one_mlflow_run_per_cell_under_one_grid_run(pipeline: dict) -> None:
     assert sorted(r.info.run_name for r in runs) == sorted(CELLS)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["grid.optimizer"] == "sgd,adam"
+    assert (parent.data.params["grid.model"], parent.data.params["model"]) == ("ann,cnn", "ann+cnn")
     client = MlflowClient(uri)
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
         "report/comparison.md",
@@ -154,8 +172,17 @@ def test_one_mlflow_run_per_cell_under_one_grid_run(pipeline: dict) -> None:
     }
     for run in runs:
         cell = run.info.run_name
-        optimizer, activation = cell.split("-")
+        model, optimizer, activation = cell.split("-")
         assert run.info.status == "FINISHED"
+        assert (run.data.params["model_type"], run.data.params["model.type"]) == (model, model)
+        meta = json.loads((repo / f"models/{cell}/seed-42/meta.json").read_text())
+        assert run.data.metrics["n_params"] == meta["n_params"] > 0
+        summary = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="model_summary.txt", tracking_uri=uri
+            )
+        ).read_text()
+        assert ("conv_2" in summary) == (model == "cnn") and f"{meta['n_params']:,}" in summary
         assert run.data.params["optimizer"] == optimizer
         assert run.data.params["activation"] == activation
         assert run.data.params["dataset"] == "digits"
@@ -251,19 +278,19 @@ def test_bad_params_stop_before_any_output_changes(pipeline: dict) -> None:
 def test_rerun_reproduces_metrics_and_replaces_the_run(pipeline: dict) -> None:
     repo, uri = pipeline["repo"], pipeline["uri"]
     outputs = [
-        "reports/metrics/adam-relu.json",
-        "reports/history/adam-relu/seed-42.csv",
+        "reports/metrics/ann-adam-relu.json",
+        "reports/history/ann-adam-relu/seed-42.csv",
         "reports/comparison.csv",
     ]
     before = {path: (repo / path).read_bytes() for path in outputs}
     tables = (repo / "reports/comparison.md").read_text().split("## Training time")[0]
-    forced = _dvc(repo, "repro", "--force", "--single-item", "train@adam-relu")
-    assert _ran(forced) == {"train@adam-relu"}
+    forced = _dvc(repo, "repro", "--force", "--single-item", "train@ann-adam-relu")
+    assert _ran(forced) == {"train@ann-adam-relu"}
     _dvc(repo, "repro")
     assert {path: (repo / path).read_bytes() for path in outputs} == before
     assert (repo / "reports/comparison.md").read_text().split("## Training time")[0] == tables
     _, children = _grid(uri, repo)
-    runs = [r for r in _runs(uri) if r.info.run_name == "adam-relu"]
+    runs = [r for r in _runs(uri) if r.info.run_name == "ann-adam-relu"]
     assert len(runs) == 1, "rerunning a cell on the same inputs must not leave a duplicate run"
     assert runs[0].info.run_id in {r.info.run_id for r in children}
     assert runs[0].data.metrics["test_accuracy"] == json.loads(before[outputs[0]])["test_accuracy"]
@@ -273,17 +300,19 @@ def test_a_cell_reused_from_the_cache_joins_the_new_grid(pipeline: dict) -> None
     repo, uri = pipeline["repo"], pipeline["uri"]
     old_parent, old_children = _grid(uri, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    # Each cell depends on its own optimizer's and its own architecture's section only.
     params["optimizers"]["sgd"]["learning_rate"] = 0.05
+    params["model"]["cnn"]["kernel_size"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = _ran(_dvc(repo, "repro"))
-    sgd = {f"train@sgd-{a}" for a in ("relu", "tanh")}
-    assert ran == {"validate", "evaluate", "plot", "report"} | sgd
+    retrained = {"ann-sgd-relu", "cnn-sgd-relu", "cnn-adam-relu"}
+    assert ran == {"validate", "evaluate", "plot", "report"} | {f"train@{c}" for c in retrained}
     parent, children = _grid(uri, repo)
     assert parent.info.run_id != old_parent.info.run_id
     assert sorted(r.info.run_name for r in children) == sorted(CELLS)
     trained = {r.info.run_name: r.info.run_id for r in old_children}
     for run in children:
-        if run.info.run_name.startswith("adam"):  # not retrained: rebuilt from DVC outputs
+        if run.info.run_name not in retrained:  # rebuilt from DVC outputs
             assert run.data.tags["annlab.reused_from"] == trained[run.info.run_name]
             history = MlflowClient(uri).get_metric_history(run.info.run_id, "val_accuracy")
             assert [m.step for m in history] == list(range(1, EPOCHS + 1))
@@ -291,7 +320,9 @@ def test_a_cell_reused_from_the_cache_joins_the_new_grid(pipeline: dict) -> None
             assert run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
         else:
             assert "annlab.reused_from" not in run.data.tags
-            assert run.data.params["optimizers.sgd.learning_rate"] == "0.05"
+            model, optimizer, _ = run.info.run_name.split("-")
+            assert (run.data.params.get("optimizers.sgd.learning_rate") == "0.05") == (optimizer == "sgd")
+            assert (run.data.params.get("model.cnn.kernel_size") == "2") == (model == "cnn")
     # The old grid keeps all its runs.
     still = [r for r in _runs(uri) if r.data.tags.get("mlflow.parentRunId") == old_parent.info.run_id]
     assert {r.info.run_id for r in still} == {r.info.run_id for r in old_children}
@@ -309,11 +340,13 @@ def test_editing_epochs_and_seeds_reruns_only_training_and_after(pipeline: dict)
     assert {f"train@{c}" for c in CELLS} | {"evaluate", "plot", "report"} <= ran
     for seed in (1, 2):
         assert (
-            len((repo / f"reports/history/sgd-tanh/seed-{seed}.csv").read_text().splitlines()) == 2 + EPOCHS
+            len((repo / f"reports/history/cnn-sgd-relu/seed-{seed}.csv").read_text().splitlines())
+            == 2 + EPOCHS
         )
-    metrics = json.loads((repo / "reports/metrics/adam-tanh.json").read_text())
+    metrics = json.loads((repo / "reports/metrics/cnn-adam-relu.json").read_text())
     per_seed = [
-        s["test_accuracy"] for s in json.loads((repo / "reports/eval/adam-tanh.json").read_text())["seeds"]
+        s["test_accuracy"]
+        for s in json.loads((repo / "reports/eval/cnn-adam-relu.json").read_text())["seeds"]
     ]
     assert metrics["seeds"] == 2
     assert metrics["test_accuracy"] == pytest.approx(sum(per_seed) / 2)

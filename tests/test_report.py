@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io as stdio
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -14,10 +15,11 @@ from annlab import report as rep
 from annlab.params import Params, parse_params
 
 GRID = {"optimizer": ["sgd", "adam"], "activation": ["relu", "tanh"]}
+N_PARAMS = {"ann": 6570, "cnn": 109738, "lstm": 81802}
 
 
 def _row(cell: str, seed: int, acc: float | None, *, diverged_epoch: int | None = None) -> dict:
-    optimizer, activation = cell.split("-")
+    model, optimizer, activation = cell.split("-")
     diverged = diverged_epoch is not None
     test = {k: None for k in metrics.TEST_METRICS} if diverged else {
         "test_accuracy": acc,
@@ -29,6 +31,7 @@ def _row(cell: str, seed: int, acc: float | None, *, diverged_epoch: int | None 
     }  # fmt: skip
     return {
         "cell": cell,
+        "model": model,
         "optimizer": optimizer,
         "activation": activation,
         "seed": seed,
@@ -39,6 +42,7 @@ def _row(cell: str, seed: int, acc: float | None, *, diverged_epoch: int | None 
         "best_epoch": diverged_epoch - 1 if diverged else 5 + seed,
         "epochs_run": diverged_epoch or 10,
         "n_test": 360,
+        "n_params": N_PARAMS[model],
     }
 
 
@@ -54,18 +58,18 @@ def _params(seeds: list[int] | None = None) -> Params:
 def one_seed() -> pd.DataFrame:
     return _frame(
         [
-            _row("sgd-relu", 42, None, diverged_epoch=4),
-            _row("sgd-tanh", 42, 0.90),
-            _row("adam-relu", 42, 0.97),
-            _row("adam-tanh", 42, 0.96),
+            _row("ann-sgd-relu", 42, None, diverged_epoch=4),
+            _row("ann-sgd-tanh", 42, 0.90),
+            _row("ann-adam-relu", 42, 0.97),
+            _row("ann-adam-tanh", 42, 0.96),
         ]
     )
 
 
 @pytest.fixture
 def three_seeds() -> pd.DataFrame:
-    accs = {"sgd-relu": [0.90, 0.92, None], "sgd-tanh": [0.88, 0.89, 0.90],
-            "adam-relu": [0.95, 0.97, 0.96], "adam-tanh": [0.96, 0.96, 0.96]}  # fmt: skip
+    accs = {"ann-sgd-relu": [0.90, 0.92, None], "ann-sgd-tanh": [0.88, 0.89, 0.90],
+            "ann-adam-relu": [0.95, 0.97, 0.96], "ann-adam-tanh": [0.96, 0.96, 0.96]}  # fmt: skip
     rows = []
     for cell, values in accs.items():
         for seed, acc in zip([1, 2, 3], values, strict=True):
@@ -73,9 +77,13 @@ def three_seeds() -> pd.DataFrame:
     return _frame(rows)
 
 
-def _pivot(markdown: str, title: str) -> dict[tuple[str, str], str]:
-    """The cells of the Markdown table under `## title`, by (optimizer, activation)."""
-    section = markdown.split(f"## {title}\n\n", 1)[1].split("\n\n", 1)[0]
+def _pivot(markdown: str, title: str, label: str | None = None) -> dict[tuple[str, str], str]:
+    """The cells of the Markdown table under `## title` (and `### label`, an architecture's), by
+    row and column header."""
+    section = markdown.split(f"## {title}\n\n", 1)[1]
+    if label is not None:
+        section = section.split("\n## ", 1)[0].split(f"### {label}\n\n", 1)[1]
+    section = section[section.index("\n|") + 1 if not section.startswith("|") else 0 :].split("\n\n", 1)[0]
     lines = [line.strip("|").split("|") for line in section.splitlines()]
     header = [h.strip() for h in lines[0]]
     return {
@@ -85,36 +93,39 @@ def _pivot(markdown: str, title: str) -> dict[tuple[str, str], str]:
 
 def test_summary_of_one_seed_keeps_its_values(one_seed: pd.DataFrame) -> None:
     summary = rep.summarize(one_seed).set_index("cell")
-    assert summary.loc["adam-relu", "test_accuracy"] == 0.97
-    assert math.isnan(summary.loc["adam-relu", "test_accuracy_std"])  # one seed: no spread
-    assert summary.loc["sgd-relu", "diverged"] == 1
-    assert math.isnan(summary.loc["sgd-relu", "test_accuracy"])
+    assert summary.loc["ann-adam-relu", "test_accuracy"] == 0.97
+    assert math.isnan(summary.loc["ann-adam-relu", "test_accuracy_std"])  # one seed: no spread
+    assert summary.loc["ann-sgd-relu", "diverged"] == 1
+    assert math.isnan(summary.loc["ann-sgd-relu", "test_accuracy"])
 
 
 def test_summary_over_seeds_is_mean_and_sample_std_of_the_converged(three_seeds: pd.DataFrame) -> None:
     summary = rep.summarize(three_seeds).set_index("cell")
-    assert summary.loc["sgd-tanh", "test_accuracy"] == pytest.approx(0.89)
-    assert summary.loc["sgd-tanh", "test_accuracy_std"] == pytest.approx(0.01)  # ddof=1
-    assert summary.loc["sgd-tanh", "best_epoch"] == pytest.approx(7.0)
+    assert summary.loc["ann-sgd-tanh", "test_accuracy"] == pytest.approx(0.89)
+    assert summary.loc["ann-sgd-tanh", "test_accuracy_std"] == pytest.approx(0.01)  # ddof=1
+    assert summary.loc["ann-sgd-tanh", "best_epoch"] == pytest.approx(7.0)
     # A diverged seed is left out of the mean and counted.
-    assert summary.loc["sgd-relu", "test_accuracy"] == pytest.approx(0.91)
-    assert summary.loc["sgd-relu", "test_accuracy_std"] == pytest.approx(math.sqrt(2e-4))
-    assert summary.loc["sgd-relu", "diverged"] == 1
-    assert summary.loc["adam-tanh", "test_accuracy_std"] == 0
+    assert summary.loc["ann-sgd-relu", "test_accuracy"] == pytest.approx(0.91)
+    assert summary.loc["ann-sgd-relu", "test_accuracy_std"] == pytest.approx(math.sqrt(2e-4))
+    assert summary.loc["ann-sgd-relu", "diverged"] == 1
+    assert summary.loc["ann-adam-tanh", "test_accuracy_std"] == 0
 
 
 def test_best_cell_is_the_highest_accuracy_with_ties_broken_by_f1_then_loss(
     three_seeds: pd.DataFrame,
 ) -> None:
-    assert rep.best_cell(rep.summarize(three_seeds)) == "adam-relu"  # ties adam-tanh on accuracy
+    assert rep.best_cell(rep.summarize(three_seeds)) == "ann-adam-relu"  # ties ann-adam-tanh on accuracy
     tie = three_seeds.copy()
-    tie.loc[tie["cell"] == "adam-tanh", "macro_f1"] = 0.99
-    assert rep.best_cell(rep.summarize(tie)) == "adam-tanh"
+    tie.loc[tie["cell"] == "ann-adam-tanh", "macro_f1"] = 0.99
+    assert rep.best_cell(rep.summarize(tie)) == "ann-adam-tanh"
 
 
 def test_best_cell_of_an_all_diverged_grid_is_none() -> None:
     rows = _frame(
-        [_row(c, 42, None, diverged_epoch=2) for c in ("sgd-relu", "sgd-tanh", "adam-relu", "adam-tanh")]
+        [
+            _row(c, 42, None, diverged_epoch=2)
+            for c in ("ann-sgd-relu", "ann-sgd-tanh", "ann-adam-relu", "ann-adam-tanh")
+        ]
     )
     assert rep.best_cell(rep.summarize(rows)) is None
     markdown = rep.comparison_markdown(_params(), rows, _timings(rows), "abc", {})
@@ -123,7 +134,7 @@ def test_best_cell_of_an_all_diverged_grid_is_none() -> None:
 
 
 def _timings(rows: pd.DataFrame) -> pd.DataFrame:
-    frame = rows[["cell", "optimizer", "activation", "seed", "epochs_run"]].copy()
+    frame = rows[["cell", "model", "optimizer", "activation", "seed", "epochs_run"]].copy()
     frame["train_seconds"] = 2.0
     frame["seconds_per_epoch"] = 2.0 / frame["epochs_run"].astype(float)
     return frame[rep.TIMING_COLUMNS]
@@ -142,8 +153,8 @@ def test_pivots_show_each_cell_and_mark_the_best(one_seed: pd.DataFrame) -> None
     assert (
         _pivot(markdown, "Epoch of the best validation accuracy")["sgd", "tanh"] == "47"
     )  # one seed: a whole epoch
-    assert "**Best cell: adam-relu**" in markdown
-    assert "- sgd-relu seed 42: loss not finite at epoch 4" in markdown
+    assert "**Best cell: ann-adam-relu**" in markdown
+    assert "- ann-sgd-relu seed 42: loss not finite at epoch 4" in markdown
     assert "git commit `0123456789ab`" in markdown
 
 
@@ -161,7 +172,7 @@ def test_leaderboard_ranks_every_cell_with_diverged_last(one_seed: pd.DataFrame)
     markdown = rep.comparison_markdown(_params(), one_seed, _timings(one_seed), "abc", {})
     table = markdown.split("## Leaderboard\n\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
     order = [line.split("|")[2].strip() for line in table]
-    assert order == ["adam-relu", "adam-tanh", "sgd-tanh", "sgd-relu"]
+    assert order == ["ann-adam-relu", "ann-adam-tanh", "ann-sgd-tanh", "ann-sgd-relu"]
 
 
 def test_metric_tables_do_not_depend_on_timings(one_seed: pd.DataFrame) -> None:
@@ -180,33 +191,34 @@ def test_csv_has_a_row_per_cell_and_seed_with_every_metric(three_seeds: pd.DataF
     assert len(back) == 12
     assert {"optimizer", "activation", "seed", "test_accuracy", "test_loss", "macro_f1"} <= set(back)
     assert back["test_accuracy"].isna().sum() == 1
-    diverged = text.splitlines()[3].split(",")  # sgd-relu seed 3
-    assert diverged[:6] == ["sgd-relu", "sgd", "relu", "3", "True", "3"]
-    assert diverged[6] == ""  # no test accuracy, not "nan"
-    assert text.splitlines()[1].split(",")[13] == "6"  # an epoch stays a whole number
+    diverged = text.splitlines()[3].split(",")  # ann-sgd-relu seed 3
+    assert diverged[:7] == ["ann-sgd-relu", "ann", "sgd", "relu", "3", "True", "3"]
+    assert diverged[7] == ""  # no test accuracy, not "nan"
+    assert text.splitlines()[1].split(",")[14] == "6"  # an epoch stays a whole number
+    assert text.splitlines()[1].split(",")[-1] == "6570"  # the network's parameter count
     assert rep.rows_csv(rep.rows_frame(three_seeds.to_dict("records"))) == text
 
 
 def test_a_cell_with_diverged_seeds_ranks_after_a_stable_one() -> None:
     rows = _frame(
         [
-            _row("sgd-relu", 1, 0.95),
-            _row("sgd-relu", 2, None, diverged_epoch=2),  # the survivor looks best ...
-            _row("sgd-tanh", 1, 0.90),
-            _row("sgd-tanh", 2, 0.92),
-            *(_row(c, s, 0.5) for c in ("adam-relu", "adam-tanh") for s in (1, 2)),
+            _row("ann-sgd-relu", 1, 0.95),
+            _row("ann-sgd-relu", 2, None, diverged_epoch=2),  # the survivor looks best ...
+            _row("ann-sgd-tanh", 1, 0.90),
+            _row("ann-sgd-tanh", 2, 0.92),
+            *(_row(c, s, 0.5) for c in ("ann-adam-relu", "ann-adam-tanh") for s in (1, 2)),
         ]
     )
     order = list(rep.leaderboard_order(rep.summarize(rows))["cell"])
-    assert order[0] == "sgd-tanh"  # ... but the stable cell is the best
-    assert order[-1] == "sgd-relu"
+    assert order[0] == "ann-sgd-tanh"  # ... but the stable cell is the best
+    assert order[-1] == "ann-sgd-relu"
 
 
 def test_ties_are_judged_at_the_precision_shown() -> None:
-    a, b = _row("adam-relu", 42, 0.96001), _row("adam-tanh", 42, 0.96004)
+    a, b = _row("ann-adam-relu", 42, 0.96001), _row("ann-adam-tanh", 42, 0.96004)
     a["macro_f1"], b["macro_f1"] = 0.97, 0.95
-    rows = _frame([a, b, _row("sgd-relu", 42, 0.5), _row("sgd-tanh", 42, 0.5)])
-    assert rep.best_cell(rep.summarize(rows)) == "adam-relu"  # both read 0.9600; F1 decides
+    rows = _frame([a, b, _row("ann-sgd-relu", 42, 0.5), _row("ann-sgd-tanh", 42, 0.5)])
+    assert rep.best_cell(rep.summarize(rows)) == "ann-adam-relu"  # both read 0.9600; F1 decides
     markdown = rep.comparison_markdown(_params(), rows, _timings(rows), "abc", {})
     accuracy = _pivot(markdown, "Test accuracy")
     assert accuracy["adam", "relu"] == accuracy["adam", "tanh"] == "**0.9600**"
@@ -214,7 +226,7 @@ def test_ties_are_judged_at_the_precision_shown() -> None:
 
 def test_summary_metrics_name_the_best_cell(three_seeds: pd.DataFrame) -> None:
     summary = rep.summary_metrics(three_seeds)
-    assert summary["best_cell"] == "adam-relu"
+    assert summary["best_cell"] == "ann-adam-relu"
     assert summary["best_test_accuracy"] == pytest.approx(0.96)
     assert (summary["cells"], summary["runs"], summary["diverged_runs"]) == (4, 12, 1)
 
@@ -222,24 +234,24 @@ def test_summary_metrics_name_the_best_cell(three_seeds: pd.DataFrame) -> None:
 def test_cell_summary_of_evaluate_matches_the_report(three_seeds: pd.DataFrame) -> None:
     seeds = [
         {k: (None if pd.isna(v) else v) for k, v in row.items()}
-        for row in three_seeds[three_seeds["cell"] == "sgd-relu"].to_dict("records")
+        for row in three_seeds[three_seeds["cell"] == "ann-sgd-relu"].to_dict("records")
     ]
     cell = metrics.cell_summary(seeds)
-    table = rep.summarize(three_seeds).set_index("cell").loc["sgd-relu"]
+    table = rep.summarize(three_seeds).set_index("cell").loc["ann-sgd-relu"]
     assert (cell["seeds"], cell["diverged"]) == (3, 1)
     assert cell["test_accuracy"] == pytest.approx(table["test_accuracy"])
     assert cell["test_accuracy_std"] == pytest.approx(table["test_accuracy_std"])
 
 
 def test_cell_summary_of_one_diverged_seed_has_no_scores() -> None:
-    (row,) = _frame([_row("sgd-relu", 42, None, diverged_epoch=4)]).to_dict("records")
+    (row,) = _frame([_row("ann-sgd-relu", 42, None, diverged_epoch=4)]).to_dict("records")
     seed = {k: (None if pd.isna(v) else v) for k, v in row.items()}
     seed["best_val_accuracy"], seed["best_epoch"] = 0.5, 3  # before it diverged
     cell = metrics.cell_summary([seed])
     assert (cell["seeds"], cell["diverged"]) == (1, 1)
     assert all(cell[k] is None for k in metrics.SEED_METRICS)
     assert not any(k.endswith("_std") for k in cell)  # one seed: no spread to report
-    converged = metrics.cell_summary([_row("adam-relu", 42, 0.9)])
+    converged = metrics.cell_summary([_row("ann-adam-relu", 42, 0.9)])
     assert converged["best_epoch"] == 47 and isinstance(converged["best_epoch"], int)
 
 
@@ -257,3 +269,83 @@ def test_grid_id_ignores_only_the_experiment_name() -> None:
     assert base.grid_id() != parse_params({"grid": {"seeds": [1, 2]}}).grid_id()
     assert base.seeds == [42]
     assert parse_params({"grid": {"seeds": [3, 1]}}).seeds == [3, 1]
+
+
+@pytest.fixture
+def architectures() -> tuple[Params, pd.DataFrame]:
+    """A grid over two architectures: the CNN wins with adam, the ANN with sgd."""
+    params = parse_params({"grid": {**GRID, "model": ["ann", "cnn"]}})
+    accs = {
+        "sgd-relu": (0.90, 0.95),
+        "sgd-tanh": (0.91, 0.93),
+        "adam-relu": (0.96, 0.985),
+        "adam-tanh": (0.97, 0.98),
+    }
+    rows = [
+        _row(f"{model}-{cell}", 42, acc[i])
+        for i, model in enumerate(("ann", "cnn"))
+        for cell, acc in accs.items()
+    ]
+    rows[4] = _row("cnn-sgd-relu", 42, None, diverged_epoch=3)
+    return params, _frame(rows)
+
+
+def test_each_architecture_gets_its_own_tables(architectures: tuple[Params, pd.DataFrame]) -> None:
+    params, rows = architectures
+    markdown = rep.comparison_markdown(params, rows, _timings(rows), "abc", {})
+    ann = _pivot(markdown, "Test accuracy", "ann 64-32")
+    cnn = _pivot(markdown, "Test accuracy", "cnn 64-128 / 64-32")
+    assert ann == {("sgd", "relu"): "0.9000", ("sgd", "tanh"): "0.9100", ("adam", "relu"): "0.9600",
+                   ("adam", "tanh"): "**0.9700**"}  # fmt: skip
+    assert cnn["adam", "relu"] == "**0.9850**" and cnn["sgd", "relu"] == "diverged (epoch 3)"
+    assert (
+        "- **Models**: ann 64-32 (dense units); cnn 64-128 / 64-32 (conv filters / dense units," in markdown
+    )
+    assert "**Best cell: cnn-adam-relu**" in markdown
+    # Training time: one row per architecture, then a table each.
+    timing = markdown.split(rep.TIMING_HEADING, 1)[1]
+    assert re.search(r"\n\| ann 64-32 +\| 2\.0 +\| 0\.200 +\|\n", timing)
+    assert "### cnn 64-128 / 64-32" in timing
+    assert markdown.startswith("# Which architecture, optimizer and activation train best? (digits)")
+
+
+def test_architectures_table_is_the_best_over_activations(architectures: tuple[Params, pd.DataFrame]) -> None:
+    params, rows = architectures
+    markdown = rep.comparison_markdown(params, rows, _timings(rows), "abc", {})
+    table = _pivot(markdown, "Architectures")
+    assert table["ann 64-32", "sgd"] == "0.9100 (tanh)"
+    assert table["ann 64-32", "adam"] == "0.9700 (tanh)"
+    assert table["cnn 64-128 / 64-32", "sgd"] == "0.9300 (tanh)"  # relu diverged
+    assert table["cnn 64-128 / 64-32", "adam"] == "0.9850 (relu)"
+    assert (table["ann 64-32", "parameters"], table["cnn 64-128 / 64-32", "parameters"]) == (
+        "6,570",
+        "109,738",
+    )
+
+
+def test_summary_metrics_hold_the_best_cell_per_architecture(
+    architectures: tuple[Params, pd.DataFrame],
+) -> None:
+    _, rows = architectures
+    summary = rep.summary_metrics(rows)
+    assert summary["best_cell"] == "cnn-adam-relu"
+    assert summary["by_model"] == {
+        "ann": {"best_cell": "ann-adam-tanh", "n_params": 6570, "best_test_accuracy": 0.97},
+        "cnn": {"best_cell": "cnn-adam-relu", "n_params": 109738, "best_test_accuracy": 0.985},
+    }
+
+
+def test_figures_draw_a_panel_per_architecture(architectures: tuple[Params, pd.DataFrame]) -> None:
+    params, rows = architectures
+    heatmap = rep.heatmap_figure(rep.summarize(rows), params, "test_accuracy", "Test accuracy")
+    titled = [ax.get_title() for ax in heatmap.axes if ax.get_title()]
+    assert titled == ["ann 64-32", "cnn 64-128 / 64-32"]
+    history = pd.DataFrame({"epoch": [1, 2], "val_accuracy": [0.5, 0.6], "val_loss": [1.0, 0.8]})
+    histories = {cell.name: {42: history} for cell in params.cells()}
+    curves = rep.curves_figure(
+        histories, params, params.grid.activation, params.grid.optimizer, lambda m, a, o: f"{m}-{o}-{a}",
+        "activation", "optimizer", "curves",
+    )  # fmt: skip
+    titles = [ax.get_title() for ax in curves.axes]
+    assert len(titles) == 2 * 2 * 2  # (accuracy, loss) x architectures, by activations
+    assert titles[0] == "ann 64-32: activation relu" and titles[-1] == "cnn 64-128 / 64-32: activation tanh"

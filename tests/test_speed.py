@@ -33,9 +33,9 @@ def split(n):
     y = np.arange(n) % 3
     return (centers[y] + rng.normal(0, 1, size=(n, 8))).astype("float32"), y
 (x, y), (xv, yv) = split(100), split(30)
-params = Params.model_validate({"train": {"epochs": 3, "batch_size": 16}}).for_cell("adam", "relu")
+params = Params.model_validate({"train": {"epochs": 3, "batch_size": 16}}).for_cell("ann", "adam", "relu")
 m.seed_everything(7)
-model = m.compiled_model(params, 8, 3, speed, len(x))
+model = m.compiled_model(params, (2, 4), 3, speed, len(x))
 history = m.fit(model, (x, one_hot(y, 3)), (xv, one_hot(yv, 3)), 3, 16, verbose=0)
 probs = model.predict(xv, verbose=0)
 print(json.dumps({"history": history, "predictions": hashlib.sha256(probs.tobytes()).hexdigest()}))

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from annlab import io
 from annlab.stages import evaluate, plot, report, train
 
-CELLS = ["sgd-relu", "adam-relu"]
+CELLS = ["ann-sgd-relu", "ann-adam-relu"]
 SEEDS = [1, 2]
 EPOCHS = 3
 
@@ -32,7 +32,13 @@ def _processed(directory: Path, scale: float) -> None:
     io.save_arrays(directory, arrays)
     io.write_json(
         directory / "dataset.json",
-        {"dataset": "digits", "class_names": ["a", "b", "c"], "n_features": 8, "sizes": {"test": 30}},
+        {
+            "dataset": "digits",
+            "class_names": ["a", "b", "c"],
+            "n_features": 8,
+            "image_shape": [2, 4],
+            "sizes": {"test": 30},
+        },
     )
 
 
@@ -60,10 +66,10 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> dict:
         stage.main(argv)  # type: ignore[attr-defined]
 
     for cell in CELLS:
-        optimizer, activation = cell.split("-")
+        model, optimizer, activation = cell.split("-")
         run(
             train,
-            *("--optimizer", optimizer, "--activation", activation),
+            *("--model", model, "--optimizer", optimizer, "--activation", activation),
             data="data",
             model_dir=f"models/{cell}",
             history=f"history/{cell}",
@@ -92,23 +98,24 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_a_diverged_cell_stops_early_and_says_so(grid: dict) -> None:
     root: Path = grid["root"]
     for seed in SEEDS:
-        meta = json.loads((root / f"models/sgd-relu/seed-{seed}/meta.json").read_text())
+        meta = json.loads((root / f"models/ann-sgd-relu/seed-{seed}/meta.json").read_text())
         assert meta["diverged"] is True
         assert meta["epochs_run"] == meta["diverged_epoch"] < EPOCHS
-        history = (root / f"history/sgd-relu/seed-{seed}.csv").read_text()
+        history = (root / f"history/ann-sgd-relu/seed-{seed}.csv").read_text()
         assert "nan" in history.splitlines()[-1]
-    metrics = json.loads((root / "metrics/sgd-relu.json").read_text())
+    metrics = json.loads((root / "metrics/ann-sgd-relu.json").read_text())
     assert (metrics["seeds"], metrics["diverged"]) == (2, 2)
     assert metrics["test_accuracy"] is None  # NaN weights: no made-up score
-    assert (root / "figures/cells/sgd-relu/curves.png").stat().st_size > 0
+    assert (root / "figures/cells/ann-sgd-relu/curves.png").stat().st_size > 0
 
 
 def test_the_rest_of_the_grid_completes(grid: dict) -> None:
     root: Path = grid["root"]
-    metrics = json.loads((root / "metrics/adam-relu.json").read_text())
+    metrics = json.loads((root / "metrics/ann-adam-relu.json").read_text())
     assert (metrics["seeds"], metrics["diverged"]) == (2, 0)
     assert metrics["test_accuracy"] > 0.5
-    per_seed = [s["test_accuracy"] for s in json.loads((root / "eval/adam-relu.json").read_text())["seeds"]]
+    seeds = json.loads((root / "eval/ann-adam-relu.json").read_text())["seeds"]
+    per_seed = [s["test_accuracy"] for s in seeds]
     assert metrics["test_accuracy"] == pytest.approx(np.mean(per_seed))
     assert metrics["test_accuracy_std"] == pytest.approx(np.std(per_seed, ddof=1))
 
@@ -117,11 +124,11 @@ def test_the_report_marks_the_diverged_cell(grid: dict) -> None:
     root: Path = grid["root"]
     markdown = (root / "comparison.md").read_text()
     assert "| sgd         | diverged (2/2)" in markdown
-    assert "**Best cell: adam-relu**" in markdown
+    assert "**Best cell: ann-adam-relu**" in markdown
     for seed in SEEDS:
-        assert f"- sgd-relu seed {seed}: loss not finite at epoch" in markdown
+        assert f"- ann-sgd-relu seed {seed}: loss not finite at epoch" in markdown
     summary = json.loads((root / "summary.json").read_text())
-    assert (summary["best_cell"], summary["diverged_runs"], summary["runs"]) == ("adam-relu", 2, 4)
+    assert (summary["best_cell"], summary["diverged_runs"], summary["runs"]) == ("ann-adam-relu", 2, 4)
 
 
 def test_mlflow_marks_diverged_runs_and_groups_the_grid(grid: dict) -> None:
@@ -142,7 +149,7 @@ def test_mlflow_marks_diverged_runs_and_groups_the_grid(grid: dict) -> None:
         )
         assert len(models) == (0 if diverged else 1)  # no model worth serving from NaN weights
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["annlab.best_cell"] == "adam-relu"
+    assert parent.data.tags["annlab.best_cell"] == "ann-adam-relu"
     assert parent.data.metrics["diverged_runs"] == 2
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
         "report/comparison.md",

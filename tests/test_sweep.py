@@ -68,7 +68,7 @@ def test_every_run_lands_in_the_one_store_at_the_root(sweep: dict) -> None:
         assert parent.info.status == "FINISHED"
         assert parent.data.tags.get("annlab.dvc_exp"), "the grid run names its DVC experiment"
         (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert child.info.run_name == "adam-relu"
+        assert child.info.run_name == "ann-adam-relu"
         assert child.info.status == "FINISHED"
         assert "test_accuracy" in child.data.metrics
         report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
@@ -91,5 +91,5 @@ def test_dvc_exp_show_lists_both_with_their_metrics(sweep: dict) -> None:
                 found[str(rate)] = data["metrics"]["reports/summary.json"]["data"]
     assert sorted(found) == sorted(RATES)
     for summary in found.values():
-        assert summary["best_cell"] == "adam-relu"
+        assert summary["best_cell"] == "ann-adam-relu"
         assert 0 <= summary["best_test_accuracy"] <= 1

@@ -39,24 +39,30 @@ def test_experiment_artifacts_live_next_to_the_database(mlflow_store: str) -> No
 
 
 def test_keys_change_with_every_input() -> None:
-    params = tracking.cell_params(Params(), "adam", "relu", 42)
-    key = tracking.cell_key("adam-relu", params, "digest")
-    assert key == tracking.cell_key("adam-relu", dict(params), "digest")
-    assert key != tracking.cell_key("adam-tanh", params, "digest")
-    assert key != tracking.cell_key("adam-relu", {**params, "train.epochs": 21}, "digest")
-    assert key != tracking.cell_key("adam-relu", tracking.cell_params(Params(), "adam", "relu", 1), "digest")
-    assert key != tracking.cell_key("adam-relu", params, "other data")
+    params = tracking.cell_params(Params(), "ann", "adam", "relu", 42)
+    key = tracking.cell_key("ann-adam-relu", params, "digest")
+    assert key == tracking.cell_key("ann-adam-relu", dict(params), "digest")
+    assert key != tracking.cell_key("ann-adam-tanh", params, "digest")
+    assert key != tracking.cell_key("ann-adam-relu", {**params, "train.epochs": 21}, "digest")
+    other_seed = tracking.cell_params(Params(), "ann", "adam", "relu", 1)
+    assert key != tracking.cell_key("ann-adam-relu", other_seed, "digest")
+    assert key != tracking.cell_key("ann-adam-relu", params, "other data")
     # The same cell in another grid is another run.
     assert tracking.run_key(key, "grid-a") != tracking.run_key(key, "grid-b")
 
 
 def test_cell_params_hold_the_cell_and_only_its_own_optimizer() -> None:
-    logged = tracking.cell_params(Params(), "sgd", "tanh", 7)
+    logged = tracking.cell_params(Params(), "ann", "sgd", "tanh", 7)
     assert (logged["optimizer"], logged["activation"], logged["dataset"]) == ("sgd", "tanh", "digits")
     assert (logged["train.optimizer"], logged["model.activation"]) == ("sgd", "tanh")
     assert (logged["seed"], logged["split_seed"]) == (7, 42)
     assert logged["optimizers.sgd.learning_rate"] == 0.01
     assert not any(k.startswith(("optimizers.adam", "optimizers.rmsprop", "grid.")) for k in logged)
+    assert (logged["model_type"], logged["model.type"], logged["model.ann.dropout"]) == ("ann", "ann", 0.0)
+    assert not any(k.startswith(("model.cnn.", "model.rnn.", "model.lstm.")) for k in logged)
+    lstm = tracking.cell_params(Params(), "lstm", "sgd", "tanh", 7)
+    assert (lstm["model_type"], lstm["model.lstm.units"]) == ("lstm", [128])
+    assert not any(k.startswith(("model.ann.", "model.cnn.", "model.rnn.")) for k in lstm)
 
 
 def test_cell_runs_are_children_of_one_grid_run_and_reruns_replace_them() -> None:
@@ -68,15 +74,15 @@ def test_cell_runs_are_children_of_one_grid_run_and_reruns_replace_them() -> Non
     assert tracking.grid_run(exp_id, "g1", "grid one", {}) == parent
     assert tracking.grid_run(exp_id, "g2", "grid two", {}) != parent
     for _ in range(2):
-        with tracking.start_cell_run(exp_id, "k1", "adam-relu", parent, {}):
+        with tracking.start_cell_run(exp_id, "k1", "ann-adam-relu", parent, {}):
             mlflow.log_metric("x", 1)
-    with tracking.start_cell_run(exp_id, "k2", "adam-tanh", parent, {}):
+    with tracking.start_cell_run(exp_id, "k2", "ann-adam-tanh", parent, {}):
         pass
     (run,) = tracking.find_runs(exp_id, {tracking.KEY_TAG: "k1"})
     assert run.data.metrics == {"x": 1}
     assert len(tracking.find_runs(exp_id, {tracking.KEY_TAG: "k2"})) == 1
     children = MlflowClient().search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'")
-    assert sorted(r.info.run_name for r in children) == ["adam-relu", "adam-tanh"]
+    assert sorted(r.info.run_name for r in children) == ["ann-adam-relu", "ann-adam-tanh"]
     assert (
         tracking.find_runs(exp_id, {tracking.GRID_TAG: "g1", tracking.ROLE_TAG: "grid"})[0].info.run_id
         == parent
@@ -84,5 +90,5 @@ def test_cell_runs_are_children_of_one_grid_run_and_reruns_replace_them() -> Non
 
 
 def test_run_names_carry_the_seed_only_when_there_are_several() -> None:
-    assert tracking.cell_run_name("adam-relu", 42, [42]) == "adam-relu"
-    assert tracking.cell_run_name("adam-relu", 2, [1, 2]) == "adam-relu seed=2"
+    assert tracking.cell_run_name("ann-adam-relu", 42, [42]) == "ann-adam-relu"
+    assert tracking.cell_run_name("ann-adam-relu", 2, [1, 2]) == "ann-adam-relu seed=2"

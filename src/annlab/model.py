@@ -1,5 +1,5 @@
-"""Build the tutorial's ANN and its optimizer from params, and train it (imports Keras: train,
-evaluate and the benchmark only)."""
+"""Build the network (the tutorial's ANN, a CNN, an RNN or an LSTM) and its optimizer from
+params, and train it (imports Keras: train, evaluate and the benchmark only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from annlab.params import OptimizersParams, Params
+from annlab.params import ModelParams, OptimizersParams, Params
 from annlab.speed import Speed
 
 VALIDATION_BATCH = 1024
@@ -39,13 +39,46 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def build_model(n_features: int, n_classes: int, hidden_units: list[int], activation: str) -> keras.Model:
-    """Dense layers with `activation`, then a softmax output, as in the tutorial."""
-    layers = [keras.Input(shape=(n_features,), name="features")]
-    for i, units in enumerate(hidden_units, start=1):
-        layers.append(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}"))
+def build_model(model: ModelParams, image_shape: tuple[int, int], n_classes: int) -> keras.Model:
+    """The network `model.type` names, on flat features of images of `image_shape`.
+
+    - ann: dense hidden layers, as in the tutorial;
+    - cnn: the features as a one-channel image, a Conv2D + MaxPooling2D block per
+      `model.cnn.filters` entry, flattened;
+    - rnn, lstm: the image's rows as time steps, stacked SimpleRNN or LSTM layers whose last
+      state is kept; the grid's activation is the cell activation (an LSTM's gates stay sigmoid).
+
+    Then the dense `model.hidden_units` (each followed by dropout, if its rate is set) and a
+    softmax output. Every layer uses `model.activation`.
+    """
+    height, width = image_shape
+    act = model.activation
+    layers: list[keras.Layer] = [keras.Input(shape=(height * width,), name="features")]
+    if model.type == "cnn":
+        layers.append(keras.layers.Reshape((height, width, 1), name="image"))
+        for i, filters in enumerate(model.cnn.filters, start=1):
+            layers.append(
+                keras.layers.Conv2D(
+                    filters, model.cnn.kernel_size, padding="same", activation=act, name=f"conv_{i}"
+                )
+            )
+            layers.append(keras.layers.MaxPooling2D(model.cnn.pool_size, name=f"pool_{i}"))
+        layers.append(keras.layers.Flatten(name="flatten"))
+    elif model.type in ("rnn", "lstm"):
+        layers.append(keras.layers.Reshape((height, width), name="rows"))
+        recurrent = keras.layers.SimpleRNN if model.type == "rnn" else keras.layers.LSTM
+        units = getattr(model, model.type).units
+        for i, n in enumerate(units, start=1):
+            # Every layer but the last passes its whole sequence on to the next.
+            layers.append(
+                recurrent(n, activation=act, return_sequences=i < len(units), name=f"{model.type}_{i}")
+            )
+    for i, units in enumerate(model.hidden_units, start=1):
+        layers.append(keras.layers.Dense(units, activation=act, name=f"hidden_{i}"))
+        if model.dropout:
+            layers.append(keras.layers.Dropout(model.dropout, name=f"dropout_{i}"))
     layers.append(keras.layers.Dense(n_classes, activation="softmax", name="output"))
-    return keras.Sequential(layers, name="ann")
+    return keras.Sequential(layers, name=model.type)
 
 
 def make_optimizer(name: str, optimizers: OptimizersParams) -> keras.optimizers.Optimizer:
@@ -59,15 +92,20 @@ def make_optimizer(name: str, optimizers: OptimizersParams) -> keras.optimizers.
 
 
 def compiled_model(
-    params: Params, n_features: int, n_classes: int, speed: Speed | None = None, n_train: int = 0
+    params: Params,
+    image_shape: tuple[int, int],
+    n_classes: int,
+    speed: Speed | None = None,
+    n_train: int = 0,
 ) -> keras.Model:
-    """The model of one run, compiled with its optimizer, loss and accuracy metric.
+    """The model of one run (`params.model.type`), compiled with its optimizer, loss and
+    accuracy metric.
 
     `speed` and `n_train` (the training set's size) set how many batches run per call into
     TensorFlow; they change how fast it trains, not what it computes.
     """
     speed = speed or Speed(steps_per_execution=1)
-    model = build_model(n_features, n_classes, params.model.hidden_units, params.model.activation)
+    model = build_model(params.model, image_shape, n_classes)
     model.compile(
         optimizer=make_optimizer(params.train.optimizer, params.optimizers),
         loss=LOSSES[params.train.loss],

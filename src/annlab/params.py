@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -28,6 +28,12 @@ Activation = Literal[
     "relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "softplus", "leaky_relu", "linear"
 ]
 Loss = Literal["categorical_crossentropy", "mse"]
+ModelType = Literal["ann", "cnn", "rnn", "lstm"]
+
+# Each dataset's images (height, width): a CNN sees them as one-channel images, an RNN or LSTM
+# as sequences of rows. preprocess writes the same shape into dataset.json, which the model
+# builder reads; this copy lets a params file be checked before any data exists.
+IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8), "mnist": (28, 28), "fashion_mnist": (28, 28)}
 
 # Bounds are generous on purpose: they reject typos and nonsense, not bold experiments
 # (a learning rate of 1000 is how one watches plain SGD with ReLU diverge on digits).
@@ -36,6 +42,8 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 Decay = Annotated[float, Field(ge=0, lt=1)]
 Epsilon = Annotated[float, Field(gt=0, le=1)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
+Units = Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1)]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
 
 
 class _Section(BaseModel):
@@ -62,20 +70,57 @@ class DataParams(_Section):
         return self
 
 
-class ModelParams(_Section):
-    """The network: the tutorial's fully connected ANN."""
+class AnnParams(_Section):
+    """What only the fully connected ANN has (its layers are `model.hidden_units`)."""
 
-    type: Literal["ann"] = "ann"
-    hidden_units: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1)] = [
-        64,
-        32,
-    ]
+    dropout: Dropout = 0.0
+
+
+class CnnParams(_Section):
+    """The convolution blocks a CNN puts before its dense layers."""
+
+    # One block per entry: Conv2D(filters, kernel_size, padding "same"), then MaxPooling2D.
+    filters: Units = [64, 128]
+    kernel_size: Annotated[int, Field(ge=1, le=28)] = 3
+    pool_size: Annotated[int, Field(ge=1, le=28)] = 2
+    dropout: Dropout = 0.0
+
+
+class RecurrentParams(_Section):
+    """The recurrent layers of an RNN or LSTM (image rows are its time steps)."""
+
+    units: Units = [128]  # one layer per entry, stacked
+    dropout: Dropout = 0.0
+
+
+class ModelParams(_Section):
+    """The network: its architecture and the hyperparameters of each one."""
+
+    type: ModelType = "ann"  # for a single run; the grid sets it per cell
+    # The hidden dense layers: the whole ANN, and the head after a CNN's or RNN's own layers.
+    hidden_units: Units = [64, 32]
     activation: Activation = "relu"
+    ann: AnnParams = AnnParams()
+    cnn: CnnParams = CnnParams()
+    rnn: RecurrentParams = RecurrentParams()
+    lstm: RecurrentParams = RecurrentParams()
 
     @property
     def label(self) -> str:
-        """The network in a few characters, e.g. `ann 64-32`, for names, titles and headers."""
-        return f"{self.type} {'-'.join(map(str, self.hidden_units))}"
+        """The network in a few characters, e.g. `ann 64-32`, `cnn 64-128 / 64-32`, for names,
+        titles and headers: the architecture's own layers, then the dense ones."""
+        dense = "-".join(map(str, self.hidden_units))
+        own = {"ann": None, "cnn": self.cnn.filters, "rnn": self.rnn.units, "lstm": self.lstm.units}
+        layers = own[self.type]
+        if layers is None:
+            return f"{self.type} {dense}"
+        return f"{self.type} {'-'.join(map(str, layers))} / {dense}"
+
+    @property
+    def dropout(self) -> float:
+        """The dropout rate of this architecture's hidden dense layers."""
+        section: AnnParams | CnnParams | RecurrentParams = getattr(self, self.type)
+        return section.dropout
 
 
 class TrainParams(_Section):
@@ -122,17 +167,19 @@ class OptimizersParams(_Section):
 
 
 class GridParams(_Section):
-    """The optimizer x activation grid; each pair is one DVC matrix cell, trained once per seed."""
+    """The architecture x optimizer x activation grid: each combination is one DVC matrix cell,
+    trained once per seed."""
 
+    model: Annotated[list[ModelType], Field(min_length=1)] = ["ann"]
     optimizer: Annotated[list[OptimizerName], Field(min_length=1)] = ["sgd", "adam", "rmsprop"]
     activation: Annotated[list[Activation], Field(min_length=1)] = ["relu", "tanh", "sigmoid"]
     # Training seeds (weights and shuffling); the data split always uses the top-level `seed`.
     seeds: Annotated[list[Seed], Field(min_length=1, max_length=100)] | None = None
 
-    @field_validator("optimizer", "activation", "seeds")
+    @field_validator("model", "optimizer", "activation", "seeds")
     @classmethod
     def _no_duplicates(cls, values: list[Any] | None) -> list[Any] | None:
-        # Each value names a DVC stage (train@<optimizer>-<activation>) or a run; twice would clash.
+        # Each value names a DVC stage (train@<model>-<optimizer>-<activation>) or a run; twice would clash.
         duplicates = sorted({str(v) for v in values or [] if values.count(v) > 1})
         if duplicates:
             raise ValueError(f"lists {', '.join(duplicates)} more than once; values must be unique")
@@ -143,6 +190,15 @@ class MlflowParams(_Section):
     """Where runs are filed in MLflow (the store itself comes from the environment)."""
 
     experiment: Annotated[str, Field(min_length=1, max_length=200)] = "annlab"
+
+
+class Cell(NamedTuple):
+    """One cell of the grid: DVC stage `train@<name>`, MLflow run `<name>`."""
+
+    name: str
+    model: str
+    optimizer: str
+    activation: str
 
 
 class Params(_Section):
@@ -156,19 +212,54 @@ class Params(_Section):
     grid: GridParams = GridParams()
     mlflow: MlflowParams = MlflowParams()
 
-    def for_cell(self, optimizer: str, activation: str) -> Params:
-        """The params of one grid cell: the grid's optimizer and activation replace the defaults."""
+    def for_cell(self, model: str, optimizer: str, activation: str) -> Params:
+        """The params of one grid cell: the grid's architecture, optimizer and activation replace
+        the single-run defaults."""
         return self.model_validate(
             {
                 **self.model_dump(),
                 "train": {**self.train.model_dump(), "optimizer": optimizer},
-                "model": {**self.model.model_dump(), "activation": activation},
+                "model": {**self.model.model_dump(), "type": model, "activation": activation},
             }
         )
 
-    def cells(self) -> list[tuple[str, str, str]]:
-        """(cell, optimizer, activation) of the grid, in params order (optimizer-major)."""
-        return [(f"{o}-{a}", o, a) for o in self.grid.optimizer for a in self.grid.activation]
+    def cells(self) -> list[Cell]:
+        """The grid's cells in params order (architecture, then optimizer, then activation), the
+        order in which DVC expands the `train` matrix."""
+        return [
+            Cell(f"{m}-{o}-{a}", m, o, a)
+            for m in self.grid.model
+            for o in self.grid.optimizer
+            for a in self.grid.activation
+        ]
+
+    def architectures(self) -> dict[str, str]:
+        """Each architecture of the grid and its label (e.g. `cnn` -> `cnn 64-128 / 64-32`)."""
+        return {m: self.model.model_copy(update={"type": m}).label for m in self.grid.model}
+
+    def models_label(self) -> str:
+        """The grid's networks in a few characters: `ann 64-32` for one, `ann+cnn+lstm` for several."""
+        labels = self.architectures()
+        return next(iter(labels.values())) if len(labels) == 1 else "+".join(labels)
+
+    @model_validator(mode="after")
+    def _cnn_fits_the_images(self) -> Params:
+        # "same" padding keeps a block's size; its pooling divides it (rounding down), and Keras
+        # fails on an image pooled away to nothing.
+        if "cnn" not in {*self.grid.model, self.model.type}:
+            return self
+        cnn = self.model.cnn
+        height, width = IMAGE_SHAPES[self.data.dataset]
+        side = min(height, width)
+        for _ in cnn.filters:
+            side //= cnn.pool_size
+        if side < 1:
+            raise ValueError(
+                f"model.cnn: {len(cnn.filters)} convolution blocks, each pooling by {cnn.pool_size},"
+                f" shrink the {height}x{width} images of {self.data.dataset} to nothing; use fewer"
+                " `filters` entries or a smaller `pool_size`"
+            )
+        return self
 
     @property
     def seeds(self) -> list[int]:
@@ -179,12 +270,13 @@ class Params(_Section):
         """A short id, equal exactly when two grids train the same cells on the same setup.
 
         It hashes every param but the MLflow experiment's name and the single-run defaults
-        that every cell overrides (`train.optimizer`, `model.activation`): the grid lists and
-        seeds (which cells exist), and everything that decides how a cell trains.
+        that every cell overrides (`model.type`, `train.optimizer`, `model.activation`): the
+        grid lists and seeds (which cells exist), and everything that decides how a cell trains.
         """
         tree = self.model_dump()
         tree.pop("mlflow")
         tree["train"].pop("optimizer")
+        tree["model"].pop("type")
         tree["model"].pop("activation")
         blob = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -226,6 +318,8 @@ def _describe(error: dict[str, Any]) -> str:
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
         return f"{key}: unknown key{suggestion} (allowed: {', '.join(allowed)})"
     message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections: its message names the keys
+        return message
     if isinstance(error["input"], dict):  # a whole section: the message says what is wrong
         return f"{key}: {message}"
     return f"{key}: {message} (got {error['input']!r})"

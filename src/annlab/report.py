@@ -16,6 +16,7 @@ from annlab.params import Params
 
 ROW_COLUMNS = [
     "cell",
+    "model",
     "optimizer",
     "activation",
     "seed",
@@ -23,10 +24,12 @@ ROW_COLUMNS = [
     "diverged_epoch",
     *SEED_METRICS,
     "n_test",
+    "n_params",
 ]
-INT_COLUMNS = ["seed", "diverged_epoch", "best_epoch", "epochs_run", "n_test"]
+INT_COLUMNS = ["seed", "diverged_epoch", "best_epoch", "epochs_run", "n_test", "n_params"]
 TIMING_COLUMNS = [
     "cell",
+    "model",
     "optimizer",
     "activation",
     "seed",
@@ -61,7 +64,7 @@ def rows_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Per-seed records as the table the report works on: whole numbers stay whole where a
     value is missing (a diverged seed), the rest are floats (NaN for missing)."""
     frame = pd.DataFrame(records, columns=ROW_COLUMNS)
-    for column in ROW_COLUMNS[4:]:
+    for column in ROW_COLUMNS[5:]:
         if column in INT_COLUMNS:
             frame[column] = frame[column].astype("Int64")
         elif column == "diverged":
@@ -86,8 +89,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
         converged = group[~group["diverged"].astype(bool)]
         record: dict[str, Any] = {
             "cell": cell,
-            "optimizer": group["optimizer"].iloc[0],
-            "activation": group["activation"].iloc[0],
+            **{k: group[k].iloc[0] for k in ("model", "optimizer", "activation", "n_params")},
             "seeds": len(group),
             "diverged": int(group["diverged"].astype(bool).sum()),
             "diverged_epoch": group["diverged_epoch"].min(),
@@ -150,21 +152,51 @@ def fmt_value(record: pd.Series, metric: str, digits: int) -> str:
     return text
 
 
-def pivot_table(summary: pd.DataFrame, params: Params, pivot: Pivot) -> str:
-    """A Markdown table, optimizers as rows and activations as columns; the best value in bold."""
+def pivot_table(summary: pd.DataFrame, params: Params, pivot: Pivot, model: str) -> str:
+    """A Markdown table of one architecture's cells, optimizers as rows and activations as
+    columns; its best value in bold."""
+    cells = summary[summary["model"] == model]
     best = None
-    values = shown(summary[pivot.metric], pivot.digits)
+    values = shown(cells[pivot.metric], pivot.digits)
     if pivot.higher_is_better is not None and values.notna().any():
         best = values.max() if pivot.higher_is_better else values.min()
-    by_cell = summary.set_index("cell")
+    by_cell = cells.set_index("cell")
     table = []
     for optimizer in params.grid.optimizer:
         row = {"optimizer": optimizer}
         for activation in params.grid.activation:
-            record = by_cell.loc[f"{optimizer}-{activation}"]
+            record = by_cell.loc[f"{model}-{optimizer}-{activation}"]
             text = fmt_value(record, pivot.metric, pivot.digits)
             is_best = best is not None and round(float(record[pivot.metric]), pivot.digits) == best
             row[activation] = f"**{text}**" if is_best else text
+        table.append(row)
+    return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
+
+
+def pivot_section(summary: pd.DataFrame, params: Params, pivot: Pivot) -> list[str]:
+    """A metric's optimizer x activation table, one per architecture of the grid."""
+    labels = params.architectures()
+    if len(labels) == 1:
+        return [pivot_table(summary, params, pivot, params.grid.model[0])]
+    parts: list[str] = []
+    for model, label in labels.items():
+        parts += [f"### {label}", "", pivot_table(summary, params, pivot, model), ""]
+    return parts[:-1]
+
+
+def architectures_table(summary: pd.DataFrame, params: Params) -> str:
+    """Architectures as rows, optimizers as columns: the best test accuracy over activations
+    (ranked as the leaderboard ranks), with that activation; and the parameter count."""
+    labels = params.architectures()
+    table = []
+    for model, label in labels.items():
+        cells = summary[summary["model"] == model]
+        row = {"architecture": label, "parameters": f"{int(cells['n_params'].iloc[0]):,}"}
+        for optimizer in params.grid.optimizer:
+            ranked = leaderboard_order(cells[cells["optimizer"] == optimizer])
+            best = ranked.iloc[0]
+            text = fmt_value(best, "test_accuracy", 4)
+            row[optimizer] = text if pd.isna(best["test_accuracy"]) else f"{text} ({best['activation']})"
         table.append(row)
     return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
 
@@ -191,7 +223,7 @@ def leaderboard(summary: pd.DataFrame) -> str:
 
 def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
     """What was compared: dataset, model, training, seeds, code version and grid id."""
-    data, model, train = params.data, params.model, params.train
+    data, train = params.data, params.train
     seeds = params.seeds
     train_pct = round(100 * (1 - data.test_size - data.val_size))
     hyper = "; ".join(
@@ -204,21 +236,43 @@ def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
         else f"{len(seeds)} training seeds ({', '.join(map(str, seeds))});"
         " values are mean ± sample std over seeds"
     )
+    question = (
+        "Which optimizer and activation train this network best?"
+        if len(params.grid.model) == 1
+        else "Which architecture, optimizer and activation train best?"
+    )
     return "\n".join(
         [
-            f"# Which optimizer and activation train this network best? ({data.dataset})",
+            f"# {question} ({data.dataset})",
             "",
             f"- **Dataset**: {data.dataset}, split {train_pct}/{round(100 * data.val_size)}/"
             f"{round(100 * data.test_size)} % train/validation/test with seed {params.seed}"
             f" ({int(rows['n_test'].iloc[0])} test samples), scaler {data.scaler}"
             + (f", stratified subset of {data.subset}" if data.subset else ""),
-            f"- **Model**: {model.label} with a softmax output, loss {train.loss}",
+            f"- **{'Model' if len(params.grid.model) == 1 else 'Models'}**: {models_text(params)};"
+            f" softmax output, loss {train.loss}",
             f"- **Training**: {train.epochs} epochs, batch {train.batch_size}; {hyper}",
             f"- **Seeds**: {seed_text}",
             f"- **Code**: git commit `{commit}`; grid id `{params.grid_id()}` (the MLflow parent run's"
             " `annlab.grid` tag)",
         ]
     )
+
+
+def models_text(params: Params) -> str:
+    """The grid's networks, e.g. `cnn 64-128 / 64-32 (filters / dense units, kernel 3, pool 2)`."""
+    model = params.model
+    what = {
+        "ann": "dense units",
+        "cnn": f"conv filters / dense units, kernel {model.cnn.kernel_size}, pool {model.cnn.pool_size}",
+        "rnn": "SimpleRNN units / dense units, image rows as time steps",
+        "lstm": "LSTM units / dense units, image rows as time steps",
+    }
+    texts = []
+    for name, label in params.architectures().items():
+        dropout = getattr(model, name).dropout
+        texts.append(f"{label} ({what[name]}" + (f", dropout {dropout}" if dropout else "") + ")")
+    return "; ".join(texts)
 
 
 def comparison_markdown(
@@ -236,8 +290,17 @@ def comparison_markdown(
             f"**Best cell: {best}** (test accuracy {fmt_value(record, 'test_accuracy', 4)},"
             f" macro F1 {fmt_value(record, 'macro_f1', 4)}). Best values are in bold."
         )
+    parts += [
+        "",
+        "## Architectures",
+        "",
+        "Best mean test accuracy over the activations, per optimizer (ranked as the leaderboard"
+        " ranks), with the activation that reached it; and each network's parameter count.",
+        "",
+        architectures_table(summary, params),
+    ]
     for pivot in PIVOTS:
-        parts += ["", f"## {pivot.title}", "", pivot_table(summary, params, pivot)]
+        parts += ["", f"## {pivot.title}", "", *pivot_section(summary, params, pivot)]
     parts += ["", "## Leaderboard", "", leaderboard(summary)]
 
     diverged = rows[rows["diverged"].astype(bool)]
@@ -264,28 +327,39 @@ def comparison_markdown(
 
 
 def timing_section(params: Params, timings: pd.DataFrame) -> str:
-    """Seconds of `fit` per cell (mean over seeds): wall clock, so it differs between runs."""
+    """Seconds of `fit` per architecture and per cell (mean over seeds): wall clock, so it
+    differs between runs."""
+    by_model = timings.groupby("model", sort=False)[["train_seconds", "seconds_per_epoch"]].mean()
+    labels = params.architectures()
+    overview = [
+        {
+            "architecture": labels[model],
+            "mean seconds per run": f"{by_model.loc[model, 'train_seconds']:.1f}",
+            "seconds per epoch": f"{by_model.loc[model, 'seconds_per_epoch']:.3f}",
+        }
+        for model in labels
+    ]
     means = timings.groupby("cell", sort=False)[["train_seconds", "seconds_per_epoch"]].mean()
-    table = []
-    for optimizer in params.grid.optimizer:
-        row = {"optimizer": optimizer}
-        for activation in params.grid.activation:
-            cell = means.loc[f"{optimizer}-{activation}"]
-            row[activation] = f"{cell['train_seconds']:.1f} s ({cell['seconds_per_epoch']:.2f} s/epoch)"
-        table.append(row)
+    parts = [
+        "Wall-clock seconds in `fit` (mean over seeds; seconds per epoch in brackets), measured on the"
+        " machine that ran the stage. Timings vary between runs, so they are kept in this last"
+        " section and in `timings.csv`, apart from the tables above, which reproduce exactly.",
+        "",
+        pd.DataFrame(overview).to_markdown(index=False, disable_numparse=True),
+    ]
+    for model, label in labels.items():
+        table = []
+        for optimizer in params.grid.optimizer:
+            row = {"optimizer": optimizer}
+            for activation in params.grid.activation:
+                cell = means.loc[f"{model}-{optimizer}-{activation}"]
+                row[activation] = f"{cell['train_seconds']:.1f} s ({cell['seconds_per_epoch']:.2f} s/epoch)"
+            table.append(row)
+        heading = [] if len(labels) == 1 else [f"### {label}", ""]
+        parts += ["", *heading, pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)]
     total = timings["train_seconds"].sum()
-    return "\n".join(
-        [
-            "Wall-clock seconds in `fit` per cell (mean over seeds; seconds per epoch in brackets),"
-            " measured on the machine that ran the stage. Timings vary between runs, so they are kept"
-            " in this last section and in `timings.csv`, apart from the tables above, which reproduce"
-            " exactly.",
-            "",
-            pd.DataFrame(table).to_markdown(index=False, disable_numparse=True),
-            "",
-            f"Total training time: {total:.1f} s over {len(timings)} runs.",
-        ]
-    )
+    parts += ["", f"Total training time: {total:.1f} s over {len(timings)} runs."]
+    return "\n".join(parts)
 
 
 def summary_metrics(rows: pd.DataFrame) -> dict[str, Any]:
@@ -305,6 +379,15 @@ def summary_metrics(rows: pd.DataFrame) -> dict[str, Any]:
         record = summary.set_index("cell").loc[best]
         out["best_test_accuracy"] = float(record["test_accuracy"])
         out["best_macro_f1"] = float(record["macro_f1"])
+    # Per architecture (`dvc metrics show` flattens it to by_model.<model>.best_test_accuracy).
+    by_model: dict[str, Any] = {}
+    for model, cells in summary.groupby("model", sort=False):
+        model_best = best_cell(cells)
+        entry: dict[str, Any] = {"best_cell": model_best, "n_params": int(cells["n_params"].iloc[0])}
+        if model_best is not None:
+            entry["best_test_accuracy"] = float(cells.set_index("cell").loc[model_best, "test_accuracy"])
+        by_model[str(model)] = entry
+    out["by_model"] = by_model
     return out
 
 
@@ -313,38 +396,55 @@ def _or_none(value: float) -> float | None:
 
 
 def heatmap_figure(summary: pd.DataFrame, params: Params, metric: str, title: str) -> Any:
-    """An optimizer x activation heatmap of a metric's mean, annotated (± std), best outlined."""
+    """An optimizer x activation heatmap of a metric's mean per architecture (a panel each, one
+    colour scale), annotated (± std), the grid's best cell outlined."""
     plt = figures.pyplot()
     by_cell = summary.set_index("cell")
     optimizers, activations = params.grid.optimizer, params.grid.activation
-    grid = np.array([[by_cell.loc[f"{o}-{a}", metric] for a in activations] for o in optimizers], dtype=float)
-    fig, ax = plt.subplots(
-        figsize=(1.6 + 1.5 * len(activations), 1.2 + 0.9 * len(optimizers)), layout="constrained"
+    labels = params.architectures()
+    grids = {
+        model: np.array(
+            [[by_cell.loc[f"{model}-{o}-{a}", metric] for a in activations] for o in optimizers], dtype=float
+        )
+        for model in labels
+    }
+    finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    middle = (low + high) / 2
+    fig, axes = plt.subplots(
+        1,
+        len(labels),
+        figsize=(0.6 + len(labels) * (1.2 + 1.5 * len(activations)), 1.4 + 0.9 * len(optimizers)),
+        squeeze=False,
+        layout="constrained",
     )
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
-    fig.colorbar(image, ax=ax, label=metric)
-    ax.set_xticks(range(len(activations)), activations)
-    ax.set_yticks(range(len(optimizers)), optimizers)
-    ax.set_xlabel("activation")
-    ax.set_ylabel("optimizer")
-    finite = grid[np.isfinite(grid)]
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     best = best_cell(summary)
-    for i, optimizer in enumerate(optimizers):
-        for j, activation in enumerate(activations):
-            record = by_cell.loc[f"{optimizer}-{activation}"]
-            text = fmt_value(record, metric, 3).replace(" ± ", "\n± ").replace(" (", "\n(")
-            dark = np.isfinite(grid[i, j]) and grid[i, j] < middle
-            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
-            if f"{optimizer}-{activation}" == best:
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5))
-    ax.set_title(title)
+    for ax, (model, label) in zip(axes[0], labels.items(), strict=True):
+        grid = grids[model]
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", vmin=low, vmax=high)
+        ax.set_xticks(range(len(activations)), activations)
+        ax.set_yticks(range(len(optimizers)), optimizers)
+        ax.set_xlabel("activation")
+        ax.set_ylabel("optimizer")
+        for i, optimizer in enumerate(optimizers):
+            for j, activation in enumerate(activations):
+                cell = f"{model}-{optimizer}-{activation}"
+                text = fmt_value(by_cell.loc[cell], metric, 3).replace(" ± ", "\n± ").replace(" (", "\n(")
+                dark = np.isfinite(grid[i, j]) and grid[i, j] < middle
+                ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+                if cell == best:
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5))
+        if len(labels) > 1:
+            ax.set_title(label)
+    fig.colorbar(image, ax=axes[0].tolist(), label=metric)
+    fig.suptitle(title)
     return fig
 
 
 def curves_figure(
     histories: dict[str, dict[int, pd.DataFrame]],
+    params: Params,
     panels: list[str],
     lines: list[str],
     cell_of: Any,
@@ -352,28 +452,39 @@ def curves_figure(
     line_label: str,
     title: str,
 ) -> Any:
-    """Validation accuracy (top) and loss (bottom), one panel per `panels` value, one line per
-    `lines` value; `cell_of(panel, line)` names the cell. Seeds give a mean with a ±1 std band."""
+    """Validation accuracy and loss (a row each, per architecture), one panel per `panels`
+    value, one line per `lines` value; `cell_of(model, panel, line)` names the cell. Seeds give
+    a mean with a ±1 std band."""
     plt = figures.pyplot()
+    labels = params.architectures()
     fig, axes = plt.subplots(
-        2, len(panels), figsize=(1 + 4 * len(panels), 7), squeeze=False, sharex=True, layout="constrained"
+        2 * len(labels),
+        len(panels),
+        figsize=(1 + 4 * len(panels), 0.5 + 3.25 * 2 * len(labels)),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
     )
     colors = plt.get_cmap("tab10")
-    for j, panel in enumerate(panels):
-        for i, metric in enumerate(("val_accuracy", "val_loss")):
-            ax = axes[i][j]
-            for k, line in enumerate(lines):
-                band = figures.seed_band(histories[cell_of(panel, line)], metric)
-                figures.plot_band(ax, band, f"{line_label} {line}", color=colors(k % 10), marker="o", ms=2.5)
-            ax.set_title(f"{panel_label} {panel}")
-            ax.set_ylabel(metric.replace("_", " ").replace("val", "validation"))
-            ax.grid(alpha=0.3)
-            if metric == "val_loss":
-                ax.set_xlabel("epoch")
-                ax.xaxis.get_major_locator().set_params(integer=True)
-                every = [h for cell in histories.values() for h in cell.values()]
-                if figures.largest_finite(every, "val_loss") > figures.LOG_SCALE_ABOVE:
+    every = [h for cell in histories.values() for h in cell.values()]
+    log_loss = figures.largest_finite(every, "val_loss") > figures.LOG_SCALE_ABOVE
+    for r, (model, label) in enumerate(labels.items()):
+        for j, panel in enumerate(panels):
+            for i, metric in enumerate(("val_accuracy", "val_loss")):
+                ax = axes[2 * r + i][j]
+                for k, line in enumerate(lines):
+                    band = figures.seed_band(histories[cell_of(model, panel, line)], metric)
+                    style = {"color": colors(k % 10), "marker": "o", "ms": 2.5}
+                    figures.plot_band(ax, band, f"{line_label} {line}", **style)
+                where = f"{panel_label} {panel}"
+                ax.set_title(where if len(labels) == 1 else f"{label}: {where}")
+                ax.set_ylabel(metric.replace("_", " ").replace("val", "validation"))
+                ax.grid(alpha=0.3)
+                if metric == "val_loss" and log_loss:
                     ax.set_yscale("log")
-        axes[0][j].legend(fontsize=8)
+            axes[2 * r][j].legend(fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title)
     return fig

@@ -13,13 +13,13 @@ import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from annlab.params import Params
+from annlab.params import ModelType, OptimizerName, Params
 
 KEY_TAG = "annlab.key"  # one (cell, seed, inputs) in one grid: reruns replace the run
 CELL_KEY_TAG = "annlab.cell_key"  # the same cell and seed trained on the same inputs, in any grid
@@ -60,22 +60,24 @@ def stage_tag(default: str) -> dict[str, str]:
     return {STAGE_TAG: os.environ.get("DVC_STAGE", default)}
 
 
-def cell_params(params: Params, optimizer: str, activation: str, seed: int) -> dict[str, Any]:
+def cell_params(params: Params, model: str, optimizer: str, activation: str, seed: int) -> dict[str, Any]:
     """What is logged as a run's params: the cell's effective params plus its coordinates.
 
     `seed` is the run's training seed (weights, shuffling); `split_seed` the data split's.
     Left out: the grid lists (they say which cells exist, not how this one trains) and the
-    other optimizers' hyperparameters (the cell does not depend on them, and DVC does not
-    rerun it when they change).
+    other optimizers' and architectures' hyperparameters (the cell does not depend on them,
+    and DVC does not rerun it when they change).
     """
-    own = f"optimizers.{optimizer}."
+    others = [f"optimizers.{o}." for o in get_args(OptimizerName) if o != optimizer]
+    others += [f"model.{m}." for m in get_args(ModelType) if m != model]
     flat = {
         k: v
-        for k, v in params.for_cell(optimizer, activation).flat().items()
-        if not k.startswith("grid.") and (k.startswith(own) or not k.startswith("optimizers."))
+        for k, v in params.for_cell(model, optimizer, activation).flat().items()
+        if not k.startswith("grid.") and not any(k.startswith(o) for o in others)
     }
     return {
         **flat,
+        "model_type": model,
         "optimizer": optimizer,
         "activation": activation,
         "dataset": params.data.dataset,
@@ -102,14 +104,15 @@ def cell_run_name(cell: str, seed: int, seeds: list[int]) -> str:
 
 def grid_name(params: Params) -> str:
     """A readable name for a grid's parent run: what was trained, and the grid id."""
-    return f"grid {params.data.dataset} {params.model.label} ({params.grid_id()[:8]})"
+    return f"grid {params.data.dataset} {params.models_label()} ({params.grid_id()[:8]})"
 
 
 def grid_tags(params: Params) -> dict[str, str]:
     """Tags of a grid's parent run; the note is what the UI shows on the run's page."""
     grid = params.grid
     note = (
-        f"annlab grid `{params.grid_id()}`: {params.model.label} on {params.data.dataset}, "
+        f"annlab grid `{params.grid_id()}`: {'; '.join(params.architectures().values())}"
+        f" on {params.data.dataset}, "
         f"{params.train.epochs} epochs, batch {params.train.batch_size}; "
         f"optimizers {', '.join(grid.optimizer)} x activations {', '.join(grid.activation)}; "
         f"seeds {', '.join(map(str, params.seeds))}. Each cell is a child run; "

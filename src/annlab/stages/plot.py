@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from annlab import cli, figures, io
-from annlab.params import Params, load_params
+from annlab.params import Cell, Params, load_params
 
 
 def curves_figure(histories: dict[int, pd.DataFrame], title: str) -> Any:
@@ -60,19 +60,20 @@ def confusion_figure(report: dict[str, Any], title: str) -> Any:
     return fig
 
 
-def draw_cell(cell: str, params: Params, history_dir: Path, report: dict[str, Any], out: Path) -> str:
+def draw_cell(cell: Cell, params: Params, history_dir: Path, report: dict[str, Any], out: Path) -> str:
     """Save one cell's curves and confusion matrix under `out/<cell>/`; a line to print."""
     seeds = [s["seed"] for s in report["seeds"]]
     diverged = [str(s["seed"]) for s in report["seeds"] if s["diverged"]]
     title = (
-        f"{cell} ({params.data.dataset}, {params.model.label}"
+        f"{cell.name} ({params.data.dataset}, {params.architectures()[cell.model]}"
         + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "")
         + ")"
         + (f", diverged: seed {', '.join(diverged)}" if diverged else "")
     )
-    figures.save(curves_figure(figures.read_histories(history_dir), title), out / cell / "curves.png")
-    figures.save(confusion_figure(report, f"Confusion matrix: {cell}"), out / cell / "confusion_matrix.png")
-    return f"plot: {cell} -> curves.png, confusion_matrix.png"
+    folder = out / cell.name
+    figures.save(curves_figure(figures.read_histories(history_dir), title), folder / "curves.png")
+    figures.save(confusion_figure(report, f"Confusion matrix: {cell.name}"), folder / "confusion_matrix.png")
+    return f"plot: {cell.name} -> curves.png, confusion_matrix.png"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,14 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     figures.pyplot()  # imported once, before the workers fork
-    names = [cell for cell, _, _ in params.cells()]
-    reports = [io.read_json(args.eval / f"{cell}.json") for cell in names]
+    cells = params.cells()
+    reports = [io.read_json(args.eval / f"{cell.name}.json") for cell in cells]
     with io.atomic_path(args.out) as out:
-        jobs = min(len(names), os.cpu_count() or 1)
+        jobs = min(len(cells), os.cpu_count() or 1)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            histories = [args.history / cell for cell in names]
-            n = len(names)
-            for line in pool.map(draw_cell, names, [params] * n, histories, reports, [out] * n):
+            histories = [args.history / cell.name for cell in cells]
+            n = len(cells)
+            for line in pool.map(draw_cell, cells, [params] * n, histories, reports, [out] * n):
                 print(line)
 
 

@@ -21,7 +21,7 @@ from annlab.params import Params, load_params
 def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Per (cell, seed): its metrics, its timing, and train's meta and timing (for MLflow)."""
     rows, timings, metas = [], [], {}
-    for cell, optimizer, activation in params.cells():
+    for cell, model, optimizer, activation in params.cells():
         path = eval_dir / f"{cell}.json"
         if not path.is_file():
             raise UserError(f"{path}: missing; cell {cell} of the grid has not been evaluated")
@@ -33,7 +33,10 @@ def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.Data
             )
         for seed in params.seeds:
             entry = by_seed[seed]
-            coords = {"cell": cell, "optimizer": optimizer, "activation": activation, "seed": seed}
+            coords = {"cell": cell, "model": model, "optimizer": optimizer, "activation": activation}
+            coords["seed"] = seed
+            seed_dir = models_dir / cell / io.seed_name(seed)
+            meta = io.read_json(seed_dir / "meta.json")
             rows.append(
                 {
                     **coords,
@@ -41,12 +44,12 @@ def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.Data
                     "diverged_epoch": entry["diverged_epoch"],
                     **{k: entry[k] for k in SEED_METRICS},
                     "n_test": entry["n_test"],
+                    "n_params": meta["n_params"],
                 }
             )
-            seed_dir = models_dir / cell / io.seed_name(seed)
             timing = io.read_json(seed_dir / "timing.json")
             timings.append({**coords, **timing, "epochs_run": entry["epochs_run"]})
-            metas[cell, seed] = {**io.read_json(seed_dir / "meta.json"), **timing}
+            metas[cell, seed] = {**meta, **timing}
     return rep.rows_frame(rows), pd.DataFrame(timings, columns=rep.TIMING_COLUMNS), metas
 
 
@@ -121,9 +124,10 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
             mlflow.log_params(
                 {
                     "dataset": params.data.dataset,
-                    "model": params.model.label,
+                    "model": params.models_label(),
                     "epochs": params.train.epochs,
                     "batch_size": params.train.batch_size,
+                    "grid.model": ",".join(params.grid.model),
                     "grid.optimizer": ",".join(params.grid.optimizer),
                     "grid.activation": ",".join(params.grid.activation),
                     "seeds": ",".join(map(str, params.seeds)),
@@ -186,7 +190,10 @@ def rebuild_run(
         for epoch, value in zip(history["epoch"], history[column], strict=True)
     ]
     extra = {"diverged": float(meta["diverged"]), "train_seconds": float(meta["train_seconds"])}
-    logged = {**tracking.cell_params(params, row["optimizer"], row["activation"], seed), "grid_id": grid_id}
+    logged = {
+        **tracking.cell_params(params, row["model"], row["optimizer"], row["activation"], seed),
+        "grid_id": grid_id,
+    }
     client.log_batch(
         run.info.run_id,
         metrics=[*curves, *(Metric(k, v, now, 0) for k, v in extra.items())],
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
 
     rows, timings, metas = read_rows(params, args.eval, args.models)
-    histories = {cell: figures.read_histories(args.history / cell) for cell, _, _ in params.cells()}
+    histories = {cell.name: figures.read_histories(args.history / cell.name) for cell in params.cells()}
     summary = rep.summarize(rows)
     data_name = params.data.dataset
     figures.save(
@@ -223,14 +230,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     figures.save(
         rep.curves_figure(
-            histories, params.grid.activation, params.grid.optimizer, lambda a, o: f"{o}-{a}",
+            histories, params, params.grid.activation, params.grid.optimizer, lambda m, a, o: f"{m}-{o}-{a}",
             "activation", "optimizer", f"Validation curves per optimizer ({data_name})",
         ),
         args.curves_by_activation,
     )  # fmt: skip
     figures.save(
         rep.curves_figure(
-            histories, params.grid.optimizer, params.grid.activation, lambda o, a: f"{o}-{a}",
+            histories, params, params.grid.optimizer, params.grid.activation, lambda m, o, a: f"{m}-{o}-{a}",
             "optimizer", "activation", f"Validation curves per activation ({data_name})",
         ),
         args.curves_by_optimizer,

@@ -1,4 +1,4 @@
-"""Stage `train@<optimizer>-<activation>`: train one grid cell and log it as an MLflow run."""
+"""Stage `train@<model>-<optimizer>-<activation>`: train one grid cell, log each seed as an MLflow run."""
 
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ def summary_text(model: Any) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Train the cell once per seed; save models and histories; log each seed as an MLflow run."""
     p = cli.parser(__doc__)
+    p.add_argument("--model", required=True, help="architecture: ann, cnn, rnn or lstm")
     p.add_argument("--optimizer", required=True)
     p.add_argument("--activation", required=True)
     p.add_argument("--data", type=Path, required=True, help="preprocess's output folder")
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--history", type=Path, required=True, help="folder for one history CSV per seed")
     args = p.parse_args(argv)
     base = load_params(args.params)
-    params = base.for_cell(args.optimizer, args.activation)
-    cell = f"{args.optimizer}-{args.activation}"
+    params = base.for_cell(args.model, args.optimizer, args.activation)
+    cell = f"{args.model}-{args.optimizer}-{args.activation}"
     speed = Speed.from_env()
 
     # Heavy imports only once the params are known to be good.
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     info = io.read_json(args.data / "dataset.json")
     n_classes = len(info["class_names"])
+    image_shape = (info["image_shape"][0], info["image_shape"][1])
     x_train, y_train = io.load_array(args.data, "x_train"), io.load_array(args.data, "y_train")
     x_val, y_val = io.load_array(args.data, "x_val"), io.load_array(args.data, "y_val")
     digest = data_digest(args.data)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     def train_seed(seed: int, seed_dir: Path, history_path: Path) -> str:
         """Train one seed of the cell in its own MLflow run, save it; return a one-line summary."""
         annmodel.seed_everything(seed)
-        logged_params = tracking.cell_params(base, args.optimizer, args.activation, seed)
+        logged_params = tracking.cell_params(base, args.model, args.optimizer, args.activation, seed)
         key = tracking.cell_key(cell, logged_params, digest)
         name = tracking.cell_run_name(cell, seed, base.seeds)
         run_tags = {**tags, tracking.CELL_KEY_TAG: key}
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
             for split, (x, y) in {"training": (x_train, y_train), "validation": (x_val, y_val)}.items():
                 dataset = mlflow.data.from_numpy(x, targets=y, name=f"{info['dataset']}-{split}")
                 mlflow.log_input(dataset, context=split)
-            model = annmodel.compiled_model(params, x_train.shape[1], n_classes, speed, len(x_train))
+            model = annmodel.compiled_model(params, image_shape, n_classes, speed, len(x_train))
+            n_params = model.count_params()
             started = time.perf_counter()
             fitted = annmodel.fit(
                 model,
@@ -168,11 +171,13 @@ def main(argv: list[str] | None = None) -> None:
             meta = {
                 "cell": cell,
                 "seed": seed,
+                "model_type": args.model,
                 "optimizer": args.optimizer,
                 "activation": args.activation,
                 "loss": params.train.loss,
                 "dataset": info["dataset"],
                 "model": params.model.label,
+                "n_params": n_params,
                 "cell_key": key,
                 "data_digest": digest,
                 "epochs_run": epochs_run,
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
 
             mlflow.log_artifact(str(history_path), artifact_path="history")
             mlflow.log_text(summary_text(model), "model_summary.txt")
-            mlflow.log_metric("n_params", model.count_params())
+            mlflow.log_metric("n_params", n_params)
             if diverged_at is not None:
                 # NaN weights: no model worth serving, and nothing to test.
                 return f"train: {name}: diverged at epoch {diverged_at} (loss no longer finite); stopped"
