@@ -14,9 +14,9 @@ from annlab.errors import UserError
 from annlab.repro import lanes
 from annlab.speed import INTER_ENV, INTRA_ENV, JIT_ENV, STEPS_ENV, Speed
 
-# Trains the default ANN on three Gaussian blobs (3 epochs, batch 16, so the last batch of an
-# epoch is partial) in a fresh process, so the thread settings take effect; prints the
-# history and a digest of the test predictions' bytes.
+# Trains the default ANN (or, edited, another architecture) on three Gaussian blobs (3 epochs,
+# batch 16, so the last batch of an epoch is partial) in a fresh process, so the thread
+# settings take effect; prints the history and a digest of the test predictions' bytes.
 TRAIN = """
 import hashlib, json
 import numpy as np
@@ -33,7 +33,9 @@ def split(n):
     y = np.arange(n) % 3
     return (centers[y] + rng.normal(0, 1, size=(n, 8))).astype("float32"), y
 (x, y), (xv, yv) = split(100), split(30)
-params = Params.model_validate({"train": {"epochs": 3, "batch_size": 16}}).for_cell("ann", "adam", "relu")
+small = {"cnn": {"filters": [4]}, "lstm": {"units": [8]}}  # for images of 2x4
+params = Params.model_validate({"train": {"epochs": 3, "batch_size": 16}, "model": small})
+params = params.for_cell("ann", "adam", "relu")
 m.seed_everything(7)
 model = m.compiled_model(params, (2, 4), 3, speed, len(x))
 history = m.fit(model, (x, one_hot(y, 3)), (xv, one_hot(yv, 3)), 3, 16, verbose=0)
@@ -42,10 +44,10 @@ print(json.dumps({"history": history, "predictions": hashlib.sha256(probs.tobyte
 """
 
 
-def _train(**env: str) -> dict:
+def _train(script: str = TRAIN, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ANNLAB_")}
     proc = subprocess.run(
-        [sys.executable, "-c", TRAIN],
+        [sys.executable, "-c", script],
         env={**clean, "TF_CPP_MIN_LOG_LEVEL": "3", **env},
         capture_output=True,
         text=True,
@@ -73,6 +75,14 @@ def test_the_default_speed_options_give_the_same_bits(plain: dict) -> None:
 )
 def test_each_speed_option_alone_gives_the_same_bits(plain: dict, env: dict[str, str]) -> None:
     assert _train(**env) == plain
+
+
+@pytest.mark.parametrize("model_type", ["cnn", "lstm"])
+def test_the_other_architectures_give_the_same_bits_too(model_type: str) -> None:
+    script = TRAIN.replace('for_cell("ann"', f'for_cell("{model_type}"')
+    assert script != TRAIN
+    plain = _train(script, **{STEPS_ENV: "1", INTRA_ENV: "0", INTER_ENV: "0"})
+    assert _train(script) == plain
 
 
 def test_a_different_seed_gives_different_bits(plain: dict) -> None:
