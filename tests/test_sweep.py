@@ -39,7 +39,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     def tiny(params: dict) -> None:
         params["data"]["subset"] = 200
         params["train"]["epochs"] = 1
-        params["grid"] = {"optimizer": ["adam"], "activation": ["relu"], "seeds": None}
+        params["grid"] = {"model": ["ann"], "optimizer": ["adam"], "activation": ["relu"], "seeds": None}
 
     small_repo(repo, tiny)
     sweep = f"optimizers.adam.learning_rate={','.join(RATES)}"  # one experiment per value
