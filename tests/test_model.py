@@ -70,6 +70,20 @@ def test_the_ann_is_the_tutorials_network() -> None:
     assert model.count_params() == (64 * 64 + 64) + (64 * 32 + 32) + (32 * 10 + 10)
 
 
+@pytest.mark.parametrize(
+    ("shape", "filters", "pooled"),
+    [(MNIST, [8, 8, 8], (4, 4)), (DIGITS, [8, 8, 8, 8, 8], (1, 1)), ((7, 5), [8], (4, 3))],
+    ids=["mnist-28-14-7-4", "digits-down-to-1x1", "odd-sides-round-up"],
+)
+def test_cnn_pooling_rounds_up_and_never_reaches_nothing(
+    shape: tuple[int, int], filters: list[int], pooled: tuple[int, int]
+) -> None:
+    params = parse_params({"model": {"cnn": {"filters": filters}}}).for_cell("cnn", "adam", "relu")
+    model = build_model(params.model, shape, 10)
+    assert model.get_layer(f"pool_{len(filters)}").output.shape == (None, *pooled, 8)
+    assert model.get_layer("flatten").output.shape == (None, pooled[0] * pooled[1] * 8)
+
+
 def test_stacked_recurrent_layers_pass_sequences_and_dropout_follows_dense_layers() -> None:
     params = parse_params({"model": {"lstm": {"units": [16, 8], "dropout": 0.5}, "hidden_units": [12]}})
     model = build_model(params.for_cell("lstm", "adam", "relu").model, DIGITS, 10)

@@ -110,7 +110,7 @@ def test_for_cell_overrides_only_model_optimizer_and_activation() -> None:
     assert cell.model_dump(exclude=single_run) == base.model_dump(exclude=single_run)
 
 
-def test_cells_span_architectures_in_dvc_matrix_order() -> None:
+def test_cells_span_architectures_in_matrix_order() -> None:
     params = parse_params(
         {"grid": {"model": ["cnn", "ann"], "optimizer": ["adam"], "activation": ["relu", "tanh"]}}
     )
@@ -126,33 +126,18 @@ def test_cells_span_architectures_in_dvc_matrix_order() -> None:
     assert Params().models_label() == "ann 64-32"
 
 
-def test_grid_id_ignores_single_run_defaults_only() -> None:
+def test_grid_id_ignores_single_run_defaults_and_what_the_grid_does_not_use() -> None:
     base = Params()
     assert parse_params({"model": {"type": "cnn", "activation": "tanh"}}).grid_id() == base.grid_id()
     assert parse_params({"grid": {"model": ["ann", "cnn"]}}).grid_id() != base.grid_id()
-    assert parse_params({"model": {"lstm": {"units": [32]}}}).grid_id() != base.grid_id()
-
-
-@pytest.mark.parametrize(
-    ("raw", "fits"),
-    [
-        ({"model": {"cnn": {"filters": [8, 8, 8]}}}, True),  # digits 8x8 -> 4, 2, 1
-        ({"model": {"cnn": {"filters": [8, 8, 8, 8]}}}, False),  # ... -> 0
-        ({"model": {"cnn": {"filters": [8, 8], "pool_size": 3}}}, False),  # 8 -> 2 -> 0
-        ({"model": {"cnn": {"filters": [8, 8, 8, 8]}}, "data": {"dataset": "mnist"}}, True),  # 28 -> 1
-    ],
-)
-def test_a_cnn_must_fit_the_dataset_images(raw: dict, fits: bool) -> None:
-    raw = {**raw, "grid": {"model": ["ann", "cnn"]}}
-    if fits:
-        parse_params(raw)
-        return
-    with pytest.raises(ParamsError) as err:
-        parse_params(raw)
-    assert "\n  model.cnn: " in str(err.value)
-    assert "images of digits to nothing" in str(err.value)
-    # Unused, the CNN's settings are not checked against the images.
-    parse_params({**raw, "grid": {"model": ["ann"]}})
+    # The LSTM's settings matter to a grid with an LSTM, not to the default [ann] one.
+    lstm = {"model": {"lstm": {"units": [32]}}}
+    assert parse_params(lstm).grid_id() == base.grid_id()
+    with_lstm = {"grid": {"model": ["ann", "lstm"]}}
+    assert parse_params({**lstm, **with_lstm}).grid_id() != parse_params(with_lstm).grid_id()
+    adam_only = {"grid": {"optimizer": ["adam"]}}
+    sgd = {"optimizers": {"sgd": {"learning_rate": 0.5}}}
+    assert parse_params({**adam_only, **sgd}).grid_id() == parse_params(adam_only).grid_id()
 
 
 def test_validate_stage_fails_fast_and_writes_nothing(tmp_path: Path) -> None:

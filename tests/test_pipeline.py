@@ -311,9 +311,13 @@ def test_a_cell_reused_from_the_cache_joins_the_new_grid(pipeline: dict) -> None
     assert parent.info.run_id != old_parent.info.run_id
     assert sorted(r.info.run_name for r in children) == sorted(CELLS)
     trained = {r.info.run_name: r.info.run_id for r in old_children}
+    trained_runs = {r.info.run_name: r for r in old_children}
     for run in children:
         if run.info.run_name not in retrained:  # rebuilt from DVC outputs
             assert run.data.tags["annlab.reused_from"] == trained[run.info.run_name]
+            assert run.data.metrics["n_params"] == trained_runs[run.info.run_name].data.metrics["n_params"]
+            names = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
+            assert "model_summary.txt" in names
             history = MlflowClient(uri).get_metric_history(run.info.run_id, "val_accuracy")
             assert [m.step for m in history] == list(range(1, EPOCHS + 1))
             metrics = json.loads((repo / f"reports/metrics/{run.info.run_name}.json").read_text())

@@ -15,7 +15,7 @@ from annlab import report as rep
 from annlab.params import Params, parse_params
 
 GRID = {"optimizer": ["sgd", "adam"], "activation": ["relu", "tanh"]}
-N_PARAMS = {"ann": 6570, "cnn": 109738, "lstm": 81802}
+N_PARAMS = {"ann": 6570, "cnn": 109738}
 
 
 def _row(cell: str, seed: int, acc: float | None, *, diverged_epoch: int | None = None) -> dict:
@@ -342,10 +342,7 @@ def test_figures_draw_a_panel_per_architecture(architectures: tuple[Params, pd.D
     assert titled == ["ann 64-32", "cnn 64-128 / 64-32"]
     history = pd.DataFrame({"epoch": [1, 2], "val_accuracy": [0.5, 0.6], "val_loss": [1.0, 0.8]})
     histories = {cell.name: {42: history} for cell in params.cells()}
-    curves = rep.curves_figure(
-        histories, params, params.grid.activation, params.grid.optimizer, lambda m, a, o: f"{m}-{o}-{a}",
-        "activation", "optimizer", "curves",
-    )  # fmt: skip
+    curves = rep.curves_figure(histories, params, "activation", "curves")
     titles = [ax.get_title() for ax in curves.axes]
     assert len(titles) == 2 * 2 * 2  # (accuracy, loss) x architectures, by activations
     assert titles[0] == "ann 64-32: activation relu" and titles[-1] == "cnn 64-128 / 64-32: activation tanh"

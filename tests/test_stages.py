@@ -156,3 +156,22 @@ def test_mlflow_marks_diverged_runs_and_groups_the_grid(grid: dict) -> None:
         "report/comparison.csv",
         "report/heatmap.png",
     }
+
+
+def test_a_meta_without_a_parameter_count_is_explained(grid: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from annlab.errors import UserError
+    from annlab.params import load_params
+
+    root: Path = grid["root"]
+    shutil.copytree(root / "models", tmp_path / "models")
+    meta_path = tmp_path / "models/ann-adam-relu/seed-1/meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["n_params"]  # as an older annlab wrote it
+    meta_path.write_text(json.dumps(meta))
+    params = load_params(root / "params.yaml")
+    with pytest.raises(
+        UserError, match=r"seed-1/meta.json: no n_params .*`dvc repro --force train@ann-adam-relu`"
+    ):
+        report.read_rows(params, root / "eval", tmp_path / "models")

@@ -45,7 +45,7 @@ def build_model(model: ModelParams, image_shape: tuple[int, int], n_classes: int
 
     - ann: dense hidden layers, as in the tutorial;
     - cnn: the features as a one-channel image, a Conv2D + MaxPooling2D block per
-      `model.cnn.filters` entry, flattened;
+      `model.cnn.filters` entry (both with "same" padding), flattened;
     - rnn, lstm: the image's rows as time steps, stacked SimpleRNN or LSTM layers whose last
       state is kept; the grid's activation is the cell activation (an LSTM's gates stay sigmoid).
 
@@ -54,7 +54,7 @@ def build_model(model: ModelParams, image_shape: tuple[int, int], n_classes: int
     """
     height, width = image_shape
     act = model.activation
-    layers: list[keras.Layer] = [keras.Input(shape=(height * width,), name="features")]
+    layers: list[Any] = [keras.Input(shape=(height * width,), name="features")]
     if model.type == "cnn":
         layers.append(keras.layers.Reshape((height, width, 1), name="image"))
         for i, filters in enumerate(model.cnn.filters, start=1):
@@ -63,7 +63,9 @@ def build_model(model: ModelParams, image_shape: tuple[int, int], n_classes: int
                     filters, model.cnn.kernel_size, padding="same", activation=act, name=f"conv_{i}"
                 )
             )
-            layers.append(keras.layers.MaxPooling2D(model.cnn.pool_size, name=f"pool_{i}"))
+            # "same": an odd side rounds up (7 -> 4) rather than dropping its last row, and a
+            # deep stack stops at 1x1 instead of failing on an image pooled away to nothing.
+            layers.append(keras.layers.MaxPooling2D(model.cnn.pool_size, padding="same", name=f"pool_{i}"))
         layers.append(keras.layers.Flatten(name="flatten"))
     elif model.type in ("rnn", "lstm"):
         layers.append(keras.layers.Reshape((height, width), name="rows"))

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import (
@@ -30,10 +30,6 @@ Activation = Literal[
 Loss = Literal["categorical_crossentropy", "mse"]
 ModelType = Literal["ann", "cnn", "rnn", "lstm"]
 
-# Each dataset's images (height, width): a CNN sees them as one-channel images, an RNN or LSTM
-# as sequences of rows. preprocess writes the same shape into dataset.json, which the model
-# builder reads; this copy lets a params file be checked before any data exists.
-IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8), "mnist": (28, 28), "fashion_mnist": (28, 28)}
 
 # Bounds are generous on purpose: they reject typos and nonsense, not bold experiments
 # (a learning rate of 1000 is how one watches plain SGD with ReLU diverge on digits).
@@ -79,7 +75,8 @@ class AnnParams(_Section):
 class CnnParams(_Section):
     """The convolution blocks a CNN puts before its dense layers."""
 
-    # One block per entry: Conv2D(filters, kernel_size, padding "same"), then MaxPooling2D.
+    # One block per entry: Conv2D(filters, kernel_size), then MaxPooling2D(pool_size), both with
+    # "same" padding (a pooled side is rounded up, so no row is lost and none pools to nothing).
     filters: Units = [64, 128]
     kernel_size: Annotated[int, Field(ge=1, le=28)] = 3
     pool_size: Annotated[int, Field(ge=1, le=28)] = 2
@@ -192,6 +189,11 @@ class MlflowParams(_Section):
     experiment: Annotated[str, Field(min_length=1, max_length=200)] = "annlab"
 
 
+def cell_name(model: str, optimizer: str, activation: str) -> str:
+    """A grid cell's name: its DVC stage is `train@<name>`, its MLflow run `<name>`."""
+    return f"{model}-{optimizer}-{activation}"
+
+
 class Cell(NamedTuple):
     """One cell of the grid: DVC stage `train@<name>`, MLflow run `<name>`."""
 
@@ -227,7 +229,7 @@ class Params(_Section):
         """The grid's cells in params order (architecture, then optimizer, then activation), the
         order in which DVC expands the `train` matrix."""
         return [
-            Cell(f"{m}-{o}-{a}", m, o, a)
+            Cell(cell_name(m, o, a), m, o, a)
             for m in self.grid.model
             for o in self.grid.optimizer
             for a in self.grid.activation
@@ -242,25 +244,6 @@ class Params(_Section):
         labels = self.architectures()
         return next(iter(labels.values())) if len(labels) == 1 else "+".join(labels)
 
-    @model_validator(mode="after")
-    def _cnn_fits_the_images(self) -> Params:
-        # "same" padding keeps a block's size; its pooling divides it (rounding down), and Keras
-        # fails on an image pooled away to nothing.
-        if "cnn" not in {*self.grid.model, self.model.type}:
-            return self
-        cnn = self.model.cnn
-        height, width = IMAGE_SHAPES[self.data.dataset]
-        side = min(height, width)
-        for _ in cnn.filters:
-            side //= cnn.pool_size
-        if side < 1:
-            raise ValueError(
-                f"model.cnn: {len(cnn.filters)} convolution blocks, each pooling by {cnn.pool_size},"
-                f" shrink the {height}x{width} images of {self.data.dataset} to nothing; use fewer"
-                " `filters` entries or a smaller `pool_size`"
-            )
-        return self
-
     @property
     def seeds(self) -> list[int]:
         """The training seeds of every cell: `grid.seeds`, else the one top-level `seed`."""
@@ -269,15 +252,22 @@ class Params(_Section):
     def grid_id(self) -> str:
         """A short id, equal exactly when two grids train the same cells on the same setup.
 
-        It hashes every param but the MLflow experiment's name and the single-run defaults
-        that every cell overrides (`model.type`, `train.optimizer`, `model.activation`): the
-        grid lists and seeds (which cells exist), and everything that decides how a cell trains.
+        It hashes the grid lists and seeds (which cells exist) and everything that decides how
+        a cell trains. Left out: the MLflow experiment's name, the single-run defaults that
+        every cell overrides (`model.type`, `train.optimizer`, `model.activation`), and the
+        hyperparameters of optimizers and architectures the grid does not use.
         """
         tree = self.model_dump()
         tree.pop("mlflow")
         tree["train"].pop("optimizer")
         tree["model"].pop("type")
         tree["model"].pop("activation")
+        for name in get_args(OptimizerName):
+            if name not in self.grid.optimizer:
+                tree["optimizers"].pop(name)
+        for name in get_args(ModelType):
+            if name not in self.grid.model:
+                tree["model"].pop(name)
         blob = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from annlab import figures
 from annlab.metrics import SEED_METRICS, mean_std
-from annlab.params import Params
+from annlab.params import Params, cell_name
 
 ROW_COLUMNS = [
     "cell",
@@ -165,7 +165,7 @@ def pivot_table(summary: pd.DataFrame, params: Params, pivot: Pivot, model: str)
     for optimizer in params.grid.optimizer:
         row = {"optimizer": optimizer}
         for activation in params.grid.activation:
-            record = by_cell.loc[f"{model}-{optimizer}-{activation}"]
+            record = by_cell.loc[cell_name(model, optimizer, activation)]
             text = fmt_value(record, pivot.metric, pivot.digits)
             is_best = best is not None and round(float(record[pivot.metric]), pivot.digits) == best
             row[activation] = f"**{text}**" if is_best else text
@@ -288,7 +288,12 @@ def comparison_markdown(
         record = summary.set_index("cell").loc[best]
         parts.append(
             f"**Best cell: {best}** (test accuracy {fmt_value(record, 'test_accuracy', 4)},"
-            f" macro F1 {fmt_value(record, 'macro_f1', 4)}). Best values are in bold."
+            f" macro F1 {fmt_value(record, 'macro_f1', 4)}). "
+            + (
+                "Best values are in bold."
+                if len(params.grid.model) == 1
+                else "Each architecture's best is in bold."
+            )
         )
     parts += [
         "",
@@ -352,7 +357,7 @@ def timing_section(params: Params, timings: pd.DataFrame) -> str:
         for optimizer in params.grid.optimizer:
             row = {"optimizer": optimizer}
             for activation in params.grid.activation:
-                cell = means.loc[f"{model}-{optimizer}-{activation}"]
+                cell = means.loc[cell_name(model, optimizer, activation)]
                 row[activation] = f"{cell['train_seconds']:.1f} s ({cell['seconds_per_epoch']:.2f} s/epoch)"
             table.append(row)
         heading = [] if len(labels) == 1 else [f"### {label}", ""]
@@ -404,7 +409,8 @@ def heatmap_figure(summary: pd.DataFrame, params: Params, metric: str, title: st
     labels = params.architectures()
     grids = {
         model: np.array(
-            [[by_cell.loc[f"{model}-{o}-{a}", metric] for a in activations] for o in optimizers], dtype=float
+            [[by_cell.loc[cell_name(model, o, a), metric] for a in activations] for o in optimizers],
+            dtype=float,
         )
         for model in labels
     }
@@ -429,7 +435,7 @@ def heatmap_figure(summary: pd.DataFrame, params: Params, metric: str, title: st
         ax.set_ylabel("optimizer")
         for i, optimizer in enumerate(optimizers):
             for j, activation in enumerate(activations):
-                cell = f"{model}-{optimizer}-{activation}"
+                cell = cell_name(model, optimizer, activation)
                 text = fmt_value(by_cell.loc[cell], metric, 3).replace(" ± ", "\n± ").replace(" (", "\n(")
                 dark = np.isfinite(grid[i, j]) and grid[i, j] < middle
                 ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
@@ -443,20 +449,21 @@ def heatmap_figure(summary: pd.DataFrame, params: Params, metric: str, title: st
 
 
 def curves_figure(
-    histories: dict[str, dict[int, pd.DataFrame]],
-    params: Params,
-    panels: list[str],
-    lines: list[str],
-    cell_of: Any,
-    panel_label: str,
-    line_label: str,
-    title: str,
+    histories: dict[str, dict[int, pd.DataFrame]], params: Params, panel_label: str, title: str
 ) -> Any:
-    """Validation accuracy and loss (a row each, per architecture), one panel per `panels`
-    value, one line per `lines` value; `cell_of(model, panel, line)` names the cell. Seeds give
-    a mean with a ±1 std band."""
+    """Validation accuracy and loss (a row each, per architecture), a panel per activation and a
+    line per optimizer (`panel_label` "activation"), or the other way round ("optimizer").
+    Seeds give a mean with a ±1 std band."""
     plt = figures.pyplot()
     labels = params.architectures()
+    by_activation = panel_label == "activation"
+    grid = params.grid
+    panels, lines = (grid.activation, grid.optimizer) if by_activation else (grid.optimizer, grid.activation)
+    line_label = "optimizer" if by_activation else "activation"
+
+    def cell_of(model: str, panel: str, line: str) -> str:
+        return cell_name(model, line, panel) if by_activation else cell_name(model, panel, line)
+
     fig, axes = plt.subplots(
         2 * len(labels),
         len(panels),

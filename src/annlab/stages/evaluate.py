@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     ):
         for folder in (metrics_dir, eval_dir, predictions_dir):
             folder.mkdir(parents=True)
-        for cell in (c.name for c in params.cells()):
+        for cell in [c.name for c in params.cells()]:
             model_dir = args.models / cell
             if not model_dir.is_dir():
                 raise UserError(f"{model_dir}: missing; run `dvc repro` so cell {cell} is trained")

@@ -33,10 +33,20 @@ def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.Data
             )
         for seed in params.seeds:
             entry = by_seed[seed]
-            coords = {"cell": cell, "model": model, "optimizer": optimizer, "activation": activation}
-            coords["seed"] = seed
+            coords = {
+                "cell": cell,
+                "model": model,
+                "optimizer": optimizer,
+                "activation": activation,
+                "seed": seed,
+            }
             seed_dir = models_dir / cell / io.seed_name(seed)
             meta = io.read_json(seed_dir / "meta.json")
+            if "n_params" not in meta:
+                raise UserError(
+                    f"{seed_dir / 'meta.json'}: no n_params (written by an older annlab);"
+                    f" run `dvc repro --force train@{cell}` to train the cell again"
+                )
             rows.append(
                 {
                     **coords,
@@ -60,6 +70,7 @@ class GridOutputs:
     metas: dict[tuple[str, int], dict[str, Any]]  # train's meta and timing per (cell, seed)
     histories: dict[str, dict[int, pd.DataFrame]]
     cell_figures: Path
+    models_dir: Path
     eval_dir: Path
     data_dir: Path
     grid_files: list[Path]
@@ -135,6 +146,9 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
                 }
             )
         numbers = {k: float(v) for k, v in headline.items() if isinstance(v, (int, float))}
+        for model, best in headline["by_model"].items():  # e.g. cnn.best_test_accuracy
+            if best.get("best_test_accuracy") is not None:
+                numbers[f"{model}.best_test_accuracy"] = best["best_test_accuracy"]
         mlflow.log_metrics(tracking.changed_metrics(parent, numbers))
         if headline["best_cell"] is not None:
             mlflow.set_tag("annlab.best_cell", headline["best_cell"])
@@ -189,7 +203,11 @@ def rebuild_run(
         for column in ("loss", "accuracy", "val_loss", "val_accuracy")
         for epoch, value in zip(history["epoch"], history[column], strict=True)
     ]
-    extra = {"diverged": float(meta["diverged"]), "train_seconds": float(meta["train_seconds"])}
+    extra = {
+        "diverged": float(meta["diverged"]),
+        "train_seconds": float(meta["train_seconds"]),
+        "n_params": float(meta["n_params"]),
+    }
     logged = {
         **tracking.cell_params(params, row["model"], row["optimizer"], row["activation"], seed),
         "grid_id": grid_id,
@@ -198,6 +216,9 @@ def rebuild_run(
         run.info.run_id,
         metrics=[*curves, *(Metric(k, v, now, 0) for k, v in extra.items())],
         params=[Param(k, str(v)) for k, v in logged.items()],
+    )
+    client.log_artifact(
+        run.info.run_id, str(out.models_dir / cell / io.seed_name(seed) / "model_summary.txt")
     )
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
@@ -229,19 +250,13 @@ def main(argv: list[str] | None = None) -> None:
         rep.heatmap_figure(summary, params, "test_accuracy", f"Test accuracy ({data_name})"), args.heatmap
     )
     figures.save(
-        rep.curves_figure(
-            histories, params, params.grid.activation, params.grid.optimizer, lambda m, a, o: f"{m}-{o}-{a}",
-            "activation", "optimizer", f"Validation curves per optimizer ({data_name})",
-        ),
+        rep.curves_figure(histories, params, "activation", f"Validation curves per optimizer ({data_name})"),
         args.curves_by_activation,
-    )  # fmt: skip
+    )
     figures.save(
-        rep.curves_figure(
-            histories, params, params.grid.optimizer, params.grid.activation, lambda m, o, a: f"{m}-{o}-{a}",
-            "optimizer", "activation", f"Validation curves per activation ({data_name})",
-        ),
+        rep.curves_figure(histories, params, "optimizer", f"Validation curves per activation ({data_name})"),
         args.curves_by_optimizer,
-    )  # fmt: skip
+    )
     shown = {
         "Test accuracy per optimizer and activation": args.heatmap,
         "Validation curves, one panel per activation": args.curves_by_activation,
@@ -264,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         metas=metas,
         histories=histories,
         cell_figures=args.cell_figures,
+        models_dir=args.models,
         eval_dir=args.eval,
         data_dir=args.data,
         grid_files=[args.markdown, args.csv, args.timings, args.summary, *shown.values()],

@@ -7,13 +7,13 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from annlab import cli, io
 from annlab.metrics import one_hot
-from annlab.params import load_params
+from annlab.params import Activation, ModelType, OptimizerName, cell_name, load_params
 from annlab.speed import Speed
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
@@ -63,16 +63,16 @@ def summary_text(model: Any) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Train the cell once per seed; save models and histories; log each seed as an MLflow run."""
     p = cli.parser(__doc__)
-    p.add_argument("--model", required=True, help="architecture: ann, cnn, rnn or lstm")
-    p.add_argument("--optimizer", required=True)
-    p.add_argument("--activation", required=True)
+    p.add_argument("--model", required=True, choices=get_args(ModelType))
+    p.add_argument("--optimizer", required=True, choices=get_args(OptimizerName))
+    p.add_argument("--activation", required=True, choices=get_args(Activation))
     p.add_argument("--data", type=Path, required=True, help="preprocess's output folder")
     p.add_argument("--model-dir", type=Path, required=True, help="folder for one model per seed")
     p.add_argument("--history", type=Path, required=True, help="folder for one history CSV per seed")
     args = p.parse_args(argv)
     base = load_params(args.params)
     params = base.for_cell(args.model, args.optimizer, args.activation)
-    cell = f"{args.model}-{args.optimizer}-{args.activation}"
+    cell = cell_name(args.model, args.optimizer, args.activation)
     speed = Speed.from_env()
 
     # Heavy imports only once the params are known to be good.
@@ -187,13 +187,14 @@ def main(argv: list[str] | None = None) -> None:
                 "best_epoch": best_at,
             }
             io.write_json(seed_dir / "meta.json", meta)
+            io.write_text(seed_dir / "model_summary.txt", summary_text(model))
             # Timings are not reproducible, so they stay out of the files DVC compares.
             timing = {"train_seconds": seconds, "seconds_per_epoch": seconds / epochs_run}
             io.write_json(seed_dir / "timing.json", timing)
             io.write_text(history_path, history_csv(history))
 
             mlflow.log_artifact(str(history_path), artifact_path="history")
-            mlflow.log_text(summary_text(model), "model_summary.txt")
+            mlflow.log_artifact(str(seed_dir / "model_summary.txt"))
             mlflow.log_metric("n_params", n_params)
             if diverged_at is not None:
                 # NaN weights: no model worth serving, and nothing to test.
