@@ -359,3 +359,56 @@ def test_editing_epochs_and_seeds_reruns_only_training_and_after(pipeline: dict)
     assert len(pd.read_csv(repo / "reports/comparison.csv")) == 2 * len(CELLS)
     _, children = _grid(uri, repo)
     assert sorted(r.info.run_name for r in children) == sorted(f"{c} seed={s}" for c in CELLS for s in (1, 2))
+
+
+def test_a_cell_killed_mid_training_is_trained_again_by_the_next_repro(pipeline: dict) -> None:
+    """Ctrl-C on `dvc repro` (SIGINT to its process group) mid-epoch: nothing half-written,
+    the run is KILLED in MLflow, and the next `dvc repro` completes the grid."""
+    import os
+    import signal
+    import sys
+    import time
+
+    repo, uri = pipeline["repo"], pipeline["uri"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 60  # long enough to be mid-training when the signal comes
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.update(MLFLOW_TRACKING_URI=uri, PYTHONUNBUFFERED="1")
+    argv = [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", "train@ann-sgd-relu"]
+    proc = subprocess.Popen(
+        argv,
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    started = time.monotonic()
+    for line in proc.stdout:
+        if line.startswith("Epoch 3/"):
+            break
+        assert time.monotonic() - started < 120, "training never started"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not (repo / "models/ann-sgd-relu").exists()  # the old model went stale; no new one
+    assert not list((repo / "models").glob(".ann-sgd-relu.*"))
+    stale = json.loads(_dvc(repo, "status", "--json").stdout)
+    assert "train@ann-sgd-relu" in stale
+    # The grid trains seeds 1 and 2 by now (an earlier test): seed 1 was killed, 2 never began.
+    killed = [
+        r for r in _runs(uri) if r.info.run_name.startswith("ann-sgd-relu") and r.info.status == "KILLED"
+    ]
+    assert [r.info.run_name for r in killed] == ["ann-sgd-relu seed=1"]
+
+    ran = _ran(repro(repo, 2, uri))
+    assert {f"train@{c}" for c in CELLS} | {"evaluate", "plot", "report"} <= ran
+    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
+    metrics = json.loads((repo / "reports/metrics/ann-sgd-relu.json").read_text())
+    assert (metrics["epochs_run"], metrics["seeds"]) == (60, 2)
+    # The killed run stays visible as such beside the one that finished.
+    statuses = sorted(r.info.status for r in _runs(uri) if r.info.run_name.startswith("ann-sgd-relu"))
+    assert "KILLED" in statuses and "FINISHED" in statuses

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from annlab import tracking
+from annlab.errors import Interrupted
 from annlab.params import Params
 
 
@@ -92,3 +93,19 @@ def test_cell_runs_are_children_of_one_grid_run_and_reruns_replace_them() -> Non
 def test_run_names_carry_the_seed_only_when_there_are_several() -> None:
     assert tracking.cell_run_name("ann-adam-relu", 42, [42]) == "ann-adam-relu"
     assert tracking.cell_run_name("ann-adam-relu", 2, [1, 2]) == "ann-adam-relu seed=2"
+
+
+def test_interrupted_and_failed_runs_are_kept_as_such_and_finished_ones_replaced() -> None:
+    exp_id = tracking.experiment_id("demo")
+    parent = tracking.grid_run(exp_id, "g1", "grid one", {})
+    with pytest.raises(KeyboardInterrupt), tracking.start_cell_run(exp_id, "k", "cell", parent, {}):
+        raise KeyboardInterrupt
+    with pytest.raises(Interrupted), tracking.start_cell_run(exp_id, "k", "cell", parent, {}):
+        raise Interrupted("SIGTERM")
+    with pytest.raises(RuntimeError), tracking.start_cell_run(exp_id, "k", "cell", parent, {}):
+        raise RuntimeError("a bug")
+    for _ in range(2):  # the second replaces the first
+        with tracking.start_cell_run(exp_id, "k", "cell", parent, {}):
+            pass
+    statuses = sorted(r.info.status for r in tracking.find_runs(exp_id, {tracking.KEY_TAG: "k"}))
+    assert statuses == ["FAILED", "FINISHED", "KILLED", "KILLED"]

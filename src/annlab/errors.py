@@ -9,5 +9,9 @@ class ParamsError(UserError):
     """params.yaml is missing, unreadable or invalid."""
 
 
+class Interrupted(BaseException):  # a BaseException, like KeyboardInterrupt: not caught as an error
+    """The stage was asked to stop (SIGTERM); SIGINT raises KeyboardInterrupt as usual."""
+
+
 class FetchError(UserError):
     """A download failed or did not match its pinned checksum."""

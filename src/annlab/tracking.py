@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, get_args
@@ -19,6 +20,7 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from annlab.errors import Interrupted
 from annlab.params import ModelType, OptimizerName, Params
 
 KEY_TAG = "annlab.key"  # one (cell, seed, inputs) in one grid: reruns replace the run
@@ -210,20 +212,36 @@ def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str]) -> str:
         return MlflowClient().create_run(exp_id, run_name=name, tags=tags).info.run_id
 
 
+@contextlib.contextmanager
 def start_cell_run(
     exp_id: str, key: str, name: str, parent_id: str, tags: dict[str, str]
-) -> mlflow.ActiveRun:
-    """Start a cell's run under its grid's run, deleting earlier runs with the same key."""
+) -> Iterator[mlflow.ActiveRun]:
+    """A cell's run under its grid's run, replacing earlier finished runs with the same key.
+
+    It ends FINISHED, FAILED on an error, or KILLED when the stage is interrupted (Ctrl-C,
+    SIGTERM). Killed and failed runs are kept, so the UI shows what happened to them; only a
+    finished run is replaced by a rerun of the same cell on the same inputs.
+    """
     client = MlflowClient()
     for old in find_runs(exp_id, {KEY_TAG: key}):
-        client.delete_run(old.info.run_id)
+        if old.info.status == "FINISHED":
+            client.delete_run(old.info.run_id)
     # The parent is named by tag rather than `parent_run_id=`, which needs the parent to be
     # active: a grid whose report has finished it may still gain a rerun cell.
-    return mlflow.start_run(
+    run = mlflow.start_run(
         experiment_id=exp_id,
         run_name=name,
         tags={KEY_TAG: key, ROLE_TAG: "cell", PARENT_TAG: parent_id, **tags},
     )
+    try:
+        yield run
+    except (KeyboardInterrupt, Interrupted):
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
 
 
 def changed_metrics(run: Run, metrics: dict[str, float]) -> dict[str, float]:

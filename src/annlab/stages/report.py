@@ -172,7 +172,7 @@ def rebuild_run(
     trained = [
         r
         for r in tracking.find_runs(exp_id, {tracking.CELL_KEY_TAG: meta["cell_key"]})
-        if tracking.REUSED_TAG not in r.data.tags
+        if tracking.REUSED_TAG not in r.data.tags and r.info.status == "FINISHED"
     ]
     origin = trained[0].info.run_id if trained else "unknown"
     run = client.create_run(

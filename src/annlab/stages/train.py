@@ -149,15 +149,20 @@ def main(argv: list[str] | None = None) -> None:
             model = annmodel.compiled_model(params, image_shape, n_classes, speed, len(x_train))
             n_params = model.count_params()
             started = time.perf_counter()
-            fitted = annmodel.fit(
-                model,
-                (x_train, one_hot(y_train, n_classes)),
-                (x_val, one_hot(y_val, n_classes)),
-                epochs=params.train.epochs,
-                batch_size=params.train.batch_size,
-                callbacks=[EpochLogger()],
-                verbose=1 if sys.stdout.isatty() else 2,
-            )
+            logger = EpochLogger()
+            try:
+                fitted = annmodel.fit(
+                    model,
+                    (x_train, one_hot(y_train, n_classes)),
+                    (x_val, one_hot(y_val, n_classes)),
+                    epochs=params.train.epochs,
+                    batch_size=params.train.batch_size,
+                    callbacks=[logger],
+                    verbose=1 if sys.stdout.isatty() else 2,
+                )
+            except BaseException:
+                logger.flush()  # an interrupted run keeps its curves up to the last epoch
+                raise
             seconds = time.perf_counter() - started
             history = {c: fitted[c] for c in HISTORY_COLUMNS[1:]}
             diverged_at = diverged_epoch(history)
