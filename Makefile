@@ -15,8 +15,13 @@ SET ?= optimizers.sgd.learning_rate=0.05,0.1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}
+# `make server`: a shared tracking server. A PostgreSQL URI works as the backend too
+# (postgresql://user:pass@db/mlflow, with psycopg2 installed); HOST=0.0.0.0 opens it to the network.
+HOST ?= 127.0.0.1
+SERVER_STORE ?= sqlite:///$(CURDIR)/mlflow-server/mlflow.db
+SERVER_ARTIFACTS ?= $(CURDIR)/mlflow-server/artifacts
 
-.PHONY: help venv repro sweep bench test lint format ui clean
+.PHONY: help venv repro sweep bench test lint format ui server clean
 
 help: ## List the targets with their purpose
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -61,6 +66,12 @@ format: venv ## Format the code with ruff
 
 ui: venv ## Serve the MLflow UI on 127.0.0.1:$(PORT) over the project's store
 	mlflow ui --backend-store-uri "$(TRACKING_URI)" --host 127.0.0.1 --port $(PORT)
+
+server: venv ## A shared MLflow tracking server (127.0.0.1:5000; HOST, PORT): database backend, proxied artifacts
+	@mkdir -p mlflow-server
+	@echo "point the pipeline at it: export MLFLOW_TRACKING_URI=http://$(HOST):$(PORT)"
+	mlflow server --backend-store-uri "$(SERVER_STORE)" --artifacts-destination "$(SERVER_ARTIFACTS)" \
+		--serve-artifacts --host $(HOST) --port $(PORT)
 
 clean: ## Remove Python caches (not data, models or the MLflow store)
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,5 +1,6 @@
-"""Faults: a training stage interrupted by SIGINT or SIGTERM writes no output, ends its MLflow
-run as KILLED, and says how to go on."""
+"""Faults and the shared tracking server: an interrupted training stage writes no output and
+its MLflow run ends KILLED; an unreachable server stops a stage within seconds, naming it; the
+pipeline logs to a real `mlflow server` over HTTP."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from annlab import io
+from conftest import repro, small_repo
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _blobs(directory: Path) -> None:
@@ -72,3 +82,105 @@ def test_an_interrupted_cell_writes_nothing_and_its_run_is_killed(
     assert [r.info.status for r in runs] == ["KILLED"]
     # Its curves up to the interruption: epochs 1 and 2 at least had ended.
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2
+
+
+def _train_argv() -> list[str]:
+    argv = [sys.executable, "-m", "annlab.stages.train", "--model", "ann", "--optimizer", "adam"]
+    return [
+        *argv,
+        "--activation",
+        "relu",
+        "--data",
+        "data",
+        "--model-dir",
+        "models/m",
+        "--history",
+        "history/m",
+    ]
+
+
+def test_an_unreachable_tracking_server_stops_the_stage_within_seconds(tmp_path: Path) -> None:
+    _blobs(tmp_path / "data")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2}}))
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    started = time.monotonic()
+    proc = subprocess.run(
+        _train_argv(),
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.monotonic() - started
+    assert proc.returncode == 2
+    assert f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert seconds < 30  # MLflow's own retries would take minutes
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> str:
+    """A real `mlflow server` on a free loopback port, as `make server` starts it (SQLite
+    backend, artifacts proxied by the server)."""
+    import requests
+
+    port = _free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--serve-artifacts"]
+    argv += ["--artifacts-destination", str(store / "artifacts")]
+    proc = subprocess.Popen(argv, cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if requests.get(f"{uri}/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_pipeline_logs_to_a_real_tracking_server(tmp_path: Path, server: str) -> None:
+    def tiny(params: dict) -> None:
+        params["data"]["subset"] = 200
+        params["train"]["epochs"] = 2
+        params["grid"] = {
+            "model": ["ann"],
+            "optimizer": ["adam"],
+            "activation": ["relu", "tanh"],
+            "seeds": None,
+        }
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    small_repo(repo, tiny)
+    repro(repo, 2, server)
+    client = MlflowClient(server)
+    (exp,) = [e for e in client.search_experiments() if e.name == "annlab"]
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("annlab.role") == "grid"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["ann-adam-relu", "ann-adam-tanh"]
+    assert all(r.info.status == "FINISHED" for r in [parent, *children])
+    for run in children:
+        assert run.data.metrics["test_accuracy"] > 0
+        # Artifacts go through the server (mlflow-artifacts:), into its artifact store.
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+        assert {"history", "model_summary.txt", "plots"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
+        models = client.search_logged_models(
+            [exp.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
+        assert len(models) == 1
+    stored = list((tmp_path / "server" / "artifacts").rglob("MLmodel"))
+    assert len(stored) == 2
+    assert not (repo / "mlflow.db").exists()  # nothing went to the local store

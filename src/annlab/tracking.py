@@ -20,7 +20,7 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from annlab.errors import Interrupted
+from annlab.errors import Interrupted, UserError
 from annlab.params import ModelType, OptimizerName, Params
 
 KEY_TAG = "annlab.key"  # one (cell, seed, inputs) in one grid: reruns replace the run
@@ -169,9 +169,37 @@ def code_version(cwd: Path | None = None) -> str:
     return commit[:12] + (" + uncommitted changes to src/ or dvc.yaml" if changed else "")  # fmt: skip
 
 
+# MLflow's client retries an unreachable server 7 times with a doubling back-off, minutes in
+# all; annlab gives up sooner, unless the environment says otherwise.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """For a tracking server (http, https), fail at once, naming it, if it cannot be reached.
+
+    Any HTTP answer counts as reachable (an auth error then comes from MLflow, with its own
+    message); only a refused or timed-out connection stops the stage here.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise UserError(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached ({reason});"
+            " start it (`make server`), or unset MLFLOW_TRACKING_URI to log to the local store"
+        ) from None
+
+
 def experiment_id(name: str) -> str:
     """Point MLflow at the store and return the experiment's id, creating it if needed."""
     uri = tracking_uri()
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    check_server(uri)
     mlflow.set_tracking_uri(uri)
     with _store_lock(uri):
         client = MlflowClient()
