@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from annlab import io
-from conftest import repro, small_repo
+from conftest import dvc, repro, small_repo
 
 
 def _free_port() -> int:
@@ -184,3 +184,45 @@ def test_the_pipeline_logs_to_a_real_tracking_server(tmp_path: Path, server: str
     stored = list((tmp_path / "server" / "artifacts").rglob("MLmodel"))
     assert len(stored) == 2
     assert not (repo / "mlflow.db").exists()  # nothing went to the local store
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_eight_queued_experiments_two_at_a_time_all_land_once(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """`dvc queue start -j 2` over 8 experiments, the grid's stages writing to one store at
+    once: the SQLite file at the repo root, or a tracking server."""
+    uri = request.getfixturevalue("server") if store == "server" else None
+
+    def tiny(params: dict) -> None:
+        params["data"]["subset"] = 200
+        params["train"]["epochs"] = 1
+        params["grid"] = {"model": ["ann"], "optimizer": ["adam"], "activation": ["relu"], "seeds": None}
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    small_repo(repo, tiny)
+    rates = [f"0.00{i}" for i in range(1, 9)]
+    dvc(repo, "exp", "run", "--queue", "-S", f"optimizers.adam.learning_rate={','.join(rates)}", store=uri)
+    dvc(repo, "queue", "start", "-j", "2", store=uri)
+    deadline = time.monotonic() + 600
+    while True:
+        status = dvc(repo, "queue", "status", store=uri).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") == 8, status
+    assert "Failed" not in status
+
+    client = MlflowClient(uri or f"sqlite:///{repo / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "annlab"]
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    cells = [r for r in runs if r.data.tags.get("annlab.role") == "cell"]
+    grids = [r for r in runs if r.data.tags.get("annlab.role") == "grid"]
+    # One grid and one cell run per experiment: none lost, none twice, none failed.
+    assert (len(cells), len(grids)) == (8, 8)
+    assert sorted(r.data.params["optimizers.adam.learning_rate"] for r in cells) == rates
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["annlab.dvc_exp"] for r in grids}) == 8
