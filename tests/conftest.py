@@ -73,3 +73,22 @@ def small_repo(repo: Path, edit: Callable[[dict[str, Any]], None]) -> str:
     return subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
+
+
+def processed_blobs(directory: Path, *, scale: float = 1.0, n_train: int = 90) -> None:
+    """Three Gaussian blobs in 8 features (images of 2x4), multiplied by `scale`, saved as
+    preprocess would save them (30 validation and 30 test samples)."""
+    import numpy as np
+
+    from annlab import io
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, size=(3, 8))
+    arrays = {}
+    for split, n in (("train", n_train), ("val", 30), ("test", 30)):
+        y = np.arange(n) % 3
+        arrays[f"x_{split}"] = ((centers[y] + rng.normal(0, 1, size=(n, 8))) * scale).astype(np.float32)
+        arrays[f"y_{split}"] = y.astype(np.int64)
+    io.save_arrays(directory, arrays)
+    info = {"dataset": "digits", "class_names": ["a", "b", "c"], "n_features": 8, "image_shape": [2, 4]}
+    io.write_json(directory / "dataset.json", {**info, "sizes": {"test": 30}})

@@ -11,13 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from annlab import io
-from conftest import dvc, repro, small_repo
+from conftest import dvc, processed_blobs, repro, small_repo
 
 
 def _free_port() -> int:
@@ -28,25 +26,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _blobs(directory: Path) -> None:
-    """Three Gaussian blobs in 8 features (images of 2x4), as preprocess would save them."""
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 3, size=(3, 8))
-    arrays = {}
-    for split, n in (("train", 60), ("val", 30), ("test", 30)):
-        y = np.arange(n) % 3
-        arrays[f"x_{split}"] = (centers[y] + rng.normal(0, 1, size=(n, 8))).astype(np.float32)
-        arrays[f"y_{split}"] = y.astype(np.int64)
-    io.save_arrays(directory, arrays)
-    info = {"dataset": "digits", "class_names": ["a", "b", "c"], "n_features": 8, "image_shape": [2, 4]}
-    io.write_json(directory / "dataset.json", {**info, "sizes": {"test": 30}})
+def _train_argv(cell_dir: str) -> list[str]:
+    """The train stage of cell ann-adam-relu, writing models/<cell_dir> and history/<cell_dir>."""
+    argv = [sys.executable, "-m", "annlab.stages.train", "--model", "ann", "--optimizer", "adam"]
+    argv += ["--activation", "relu", "--data", "data"]
+    return [*argv, "--model-dir", f"models/{cell_dir}", "--history", f"history/{cell_dir}"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_cell_writes_nothing_and_its_run_is_killed(
     tmp_path: Path, mlflow_store: str, signum: signal.Signals
 ) -> None:
-    _blobs(tmp_path / "data")
+    processed_blobs(tmp_path / "data", n_train=60)
     # Epochs enough to still be training when the signal comes (a few ms each).
     params = {
         "train": {"epochs": 10000, "batch_size": 16},
@@ -54,12 +45,14 @@ def test_an_interrupted_cell_writes_nothing_and_its_run_is_killed(
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "models").mkdir()
-    argv = [sys.executable, "-m", "annlab.stages.train", "--model", "ann", "--optimizer", "adam"]
-    argv += ["--activation", "relu", "--data", "data", "--model-dir", "models/ann-adam-relu"]
-    argv += ["--history", "history/ann-adam-relu"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _train_argv("ann-adam-relu"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     started = time.monotonic()
@@ -84,28 +77,13 @@ def test_an_interrupted_cell_writes_nothing_and_its_run_is_killed(
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2
 
 
-def _train_argv() -> list[str]:
-    argv = [sys.executable, "-m", "annlab.stages.train", "--model", "ann", "--optimizer", "adam"]
-    return [
-        *argv,
-        "--activation",
-        "relu",
-        "--data",
-        "data",
-        "--model-dir",
-        "models/m",
-        "--history",
-        "history/m",
-    ]
-
-
 def test_an_unreachable_tracking_server_stops_the_stage_within_seconds(tmp_path: Path) -> None:
-    _blobs(tmp_path / "data")
+    processed_blobs(tmp_path / "data", n_train=60)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2}}))
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     started = time.monotonic()
     proc = subprocess.run(
-        _train_argv(),
+        _train_argv("m"),
         cwd=tmp_path,
         env={**os.environ, "MLFLOW_TRACKING_URI": uri},
         capture_output=True,

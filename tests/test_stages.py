@@ -12,34 +12,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from annlab import io
 from annlab.stages import evaluate, plot, report, train
+from conftest import processed_blobs
 
 CELLS = ["ann-sgd-relu", "ann-adam-relu"]
 SEEDS = [1, 2]
 EPOCHS = 3
-
-
-def _processed(directory: Path, scale: float) -> None:
-    """Three Gaussian blobs in 8 features, multiplied by `scale`, as preprocess would save them."""
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 3, size=(3, 8))
-    arrays = {}
-    for split, n in (("train", 90), ("val", 30), ("test", 30)):
-        y = np.arange(n) % 3
-        arrays[f"x_{split}"] = ((centers[y] + rng.normal(0, 1, size=(n, 8))) * scale).astype(np.float32)
-        arrays[f"y_{split}"] = y.astype(np.int64)
-    io.save_arrays(directory, arrays)
-    io.write_json(
-        directory / "dataset.json",
-        {
-            "dataset": "digits",
-            "class_names": ["a", "b", "c"],
-            "n_features": 8,
-            "image_shape": [2, 4],
-            "sizes": {"test": 30},
-        },
-    )
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +35,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "mlflow": {"experiment": "divergence"},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    _processed(root / "data", 1e18)
+    processed_blobs(root / "data", scale=1e18)
 
     def run(stage: object, *options: str, **paths: str) -> None:
         argv = ["--params", str(root / "params.yaml"), *options]
