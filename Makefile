@@ -21,7 +21,7 @@ HOST ?= 127.0.0.1
 SERVER_STORE ?= sqlite:///$(CURDIR)/mlflow-server/mlflow.db
 SERVER_ARTIFACTS ?= $(CURDIR)/mlflow-server/artifacts
 
-.PHONY: help venv repro sweep bench test lint format ui server clean
+.PHONY: help venv repro sweep sync bench test lint format ui server clean
 
 help: ## List the targets with their purpose
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ sweep: venv ## Queue one experiment per value of SET (key=v1,v2), run JOBS at a 
 	@# the experiments' headline metrics (reports/summary.json) and the params that differ
 	dvc exp show --md --only-changed \
 		--drop 'Created|Executor|^models|^data/|^src/|^params.yaml$$|^reports/(eval|history|figures|metrics)|:(cells|runs|tested_cells)$$'
+
+sync: venv ## Upload to MLflow the runs it lacks (trained with ANNLAB_OFFLINE=1 or while the server was down)
+	annlab sync
 
 bench: venv ## Benchmark annlab beside the tutorial's code (about 16 min); writes reports/benchmarks.md
 	python benchmarks/bench.py

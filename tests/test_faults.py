@@ -4,11 +4,13 @@ pipeline logs to a real `mlflow server` over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,32 +99,51 @@ def test_an_unreachable_tracking_server_stops_the_stage_within_seconds(tmp_path:
     assert not (tmp_path / "models").exists()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> str:
+class Server:
     """A real `mlflow server` on a free loopback port, as `make server` starts it (SQLite
-    backend, artifacts proxied by the server)."""
-    import requests
+    backend, artifacts proxied by the server); it can be stopped and started again."""
 
-    port = _free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--serve-artifacts"]
-    argv += ["--artifacts-destination", str(store / "artifacts")]
-    proc = subprocess.Popen(argv, cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if requests.get(f"{uri}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(0.5)
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.store.mkdir()
+        self.uri = f"http://127.0.0.1:{_free_port()}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import requests
+
+        argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
+        argv += ["--port", self.uri.rsplit(":", 1)[1], "--serve-artifacts"]
+        argv += ["--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}"]
+        argv += ["--artifacts-destination", str(self.store / "artifacts")]
+        self.proc = subprocess.Popen(
+            argv, cwd=self.store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{self.uri}/health", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            assert self.proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Kill it, as a crash or a lost network would: no chance to answer another request."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the server and its workers
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """A running tracking server's URI."""
+    srv = Server(tmp_path / "server")
+    srv.start()
+    yield srv.uri
+    srv.stop()
 
 
 @pytest.mark.slow
@@ -204,3 +225,108 @@ def test_eight_queued_experiments_two_at_a_time_all_land_once(
     assert sorted(r.data.params["optimizers.adam.learning_rate"] for r in cells) == rates
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["annlab.dvc_exp"] for r in grids}) == 8
+
+
+def _annlab(repo: Path, *args: str, uri: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": "src"}
+    argv = [str(Path(sys.executable).parent / "annlab"), *args]
+    return subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_no_run_is_lost_to_a_server_that_is_down_and_sync_uploads_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Server down: the grid's first cell fails fast, naming it. Offline: a cell trains with no
+    MLflow at all. Server lost mid-training: the cell still writes its outputs. Then `annlab
+    sync` uploads every run once, and a second sync or a repro uploads nothing more."""
+    import threading
+
+    def tiny(params: dict) -> None:
+        params["data"]["subset"] = 200
+        params["train"]["epochs"] = 600  # several seconds of training, to lose the server in
+        params["grid"] = {
+            "model": ["ann"],
+            "optimizer": ["adam"],
+            "activation": ["relu", "tanh"],
+            "seeds": None,
+        }
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    small_repo(repo, tiny)
+    server = Server(tmp_path / "server")
+
+    # 1. Down: the first cell stops at once with the server's URI; nothing trained.
+    down = repro(repo, 1, server.uri, check=False)
+    assert down.returncode != 0
+    assert f"MLflow tracking server {server.uri} (MLFLOW_TRACKING_URI) cannot be reached" in down.stderr
+    assert not list((repo / "models").glob("*/seed-*"))
+
+    # 2. Offline: one cell trains and is done for DVC, with no store anywhere.
+    monkeypatch.setenv("ANNLAB_OFFLINE", "1")
+    dvc(repo, "repro", "train@ann-adam-relu", store=server.uri)
+    monkeypatch.delenv("ANNLAB_OFFLINE")
+    assert (repo / "models/ann-adam-relu/seed-42/model.keras").is_file()
+    assert not (repo / "mlflow.db").exists()
+
+    # 3. Lost mid-training: the other cell keeps training and writes its outputs; the report,
+    # which starts after the loss, fails fast.
+    server.start()
+    result: list[subprocess.CompletedProcess[str]] = []
+    thread = threading.Thread(target=lambda: result.append(repro(repo, 1, server.uri, check=False)))
+    thread.start()
+    client = MlflowClient(server.uri)
+    deadline = time.monotonic() + 120
+    while not _running_with_curves(client):
+        assert thread.is_alive() and time.monotonic() < deadline, "the cell never started logging"
+        time.sleep(0.3)
+    server.stop()
+    thread.join(timeout=300)
+    (lost,) = result
+    assert lost.returncode != 0, "the report cannot have filed the grid"
+    assert f"MLflow tracking server {server.uri} was lost" in lost.stderr
+    assert "train@ann-adam-tanh" in (repo / "dvc.lock").read_text()  # done, as far as DVC goes
+    assert (repo / "models/ann-adam-tanh/seed-42/model.keras").is_file()
+
+    # 4. Back up: sync uploads what is missing, once.
+    server.start()
+    synced = _annlab(repo, "sync", uri=server.uri)
+    assert synced.returncode == 0, synced.stderr
+    exp_id = client.get_experiment_by_name("annlab").experiment_id
+    runs = client.search_runs([exp_id], max_results=1000)
+    cells = [r for r in runs if r.data.tags.get("annlab.role") == "cell" and r.info.status == "FINISHED"]
+    assert sorted(r.info.run_name for r in cells) == ["ann-adam-relu", "ann-adam-tanh"]  # each once
+    (parent,) = [r for r in runs if r.data.tags.get("annlab.role") == "grid"]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best_test_accuracy"] > 0
+    (partial,) = [r for r in runs if r.info.status != "FINISHED"]  # the run the loss cut short
+    assert (partial.info.run_name, partial.info.status) == ("ann-adam-tanh", "FAILED")
+    (tanh,) = [r for r in cells if r.info.run_name == "ann-adam-tanh"]
+    assert partial.data.tags["annlab.superseded_by"] == tanh.info.run_id
+    for run in cells:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "annlab.reused_from" not in run.data.tags  # uploaded whole: it holds the model
+        assert run.data.metrics["test_accuracy"] > 0 and run.data.metrics["n_params"] > 0
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 600
+        assert {"history", "model_summary.txt", "plots", "evaluation"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
+        models = client.search_logged_models([exp_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+        assert len(models) == 1
+
+    # 5. Nothing twice: neither a second sync nor the repro that finishes the pipeline adds a run.
+    assert _annlab(repo, "sync", uri=server.uri).returncode == 0
+    repro(repo, 1, server.uri)
+    again = client.search_runs([exp_id], max_results=1000)
+    assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
+    assert {r.info.run_id: r.info.status for r in again} == {r.info.run_id: r.info.status for r in runs}
+    server.stop()
+
+
+def _running_with_curves(client: MlflowClient) -> bool:
+    """Whether a cell's run is training and has logged an epoch."""
+    exp = client.get_experiment_by_name("annlab")
+    if exp is None:
+        return False
+    running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    return any(r.data.tags.get("annlab.role") == "cell" and "loss" in r.data.metrics for r in running)

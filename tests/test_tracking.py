@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from annlab import tracking
-from annlab.errors import Interrupted
+from annlab.errors import Interrupted, UserError
 from annlab.params import Params
 
 
@@ -75,9 +75,9 @@ def test_cell_runs_are_children_of_one_grid_run_and_reruns_replace_them() -> Non
     assert tracking.grid_run(exp_id, "g1", "grid one", {}) == parent
     assert tracking.grid_run(exp_id, "g2", "grid two", {}) != parent
     for _ in range(2):
-        with tracking.start_cell_run(exp_id, "k1", "ann-adam-relu", parent, {}):
+        with tracking.start_cell_run(tracking.Link(), exp_id, "k1", "ann-adam-relu", parent, {}):
             mlflow.log_metric("x", 1)
-    with tracking.start_cell_run(exp_id, "k2", "ann-adam-tanh", parent, {}):
+    with tracking.start_cell_run(tracking.Link(), exp_id, "k2", "ann-adam-tanh", parent, {}):
         pass
     (run,) = tracking.find_runs(exp_id, {tracking.KEY_TAG: "k1"})
     assert run.data.metrics == {"x": 1}
@@ -98,14 +98,83 @@ def test_run_names_carry_the_seed_only_when_there_are_several() -> None:
 def test_interrupted_and_failed_runs_are_kept_as_such_and_finished_ones_replaced() -> None:
     exp_id = tracking.experiment_id("demo")
     parent = tracking.grid_run(exp_id, "g1", "grid one", {})
-    with pytest.raises(KeyboardInterrupt), tracking.start_cell_run(exp_id, "k", "cell", parent, {}):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        tracking.start_cell_run(tracking.Link(), exp_id, "k", "cell", parent, {}),
+    ):
         raise KeyboardInterrupt
-    with pytest.raises(Interrupted), tracking.start_cell_run(exp_id, "k", "cell", parent, {}):
+    with (
+        pytest.raises(Interrupted),
+        tracking.start_cell_run(tracking.Link(), exp_id, "k", "cell", parent, {}),
+    ):
         raise Interrupted("SIGTERM")
-    with pytest.raises(RuntimeError), tracking.start_cell_run(exp_id, "k", "cell", parent, {}):
+    with (
+        pytest.raises(RuntimeError),
+        tracking.start_cell_run(tracking.Link(), exp_id, "k", "cell", parent, {}),
+    ):
         raise RuntimeError("a bug")
     for _ in range(2):  # the second replaces the first
-        with tracking.start_cell_run(exp_id, "k", "cell", parent, {}):
+        with tracking.start_cell_run(tracking.Link(), exp_id, "k", "cell", parent, {}):
             pass
     statuses = sorted(r.info.status for r in tracking.find_runs(exp_id, {tracking.KEY_TAG: "k"}))
     assert statuses == ["FAILED", "FINISHED", "KILLED", "KILLED"]
+
+
+def _dead_uri() -> str:
+    """An http URI on a loopback port that nothing listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://annlab:s3cret@127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_passwords_are_masked_in_what_annlab_prints() -> None:
+    assert (
+        tracking.redact("https://alice:pa:ss@mlflow.example.com/x")
+        == "https://alice:***@mlflow.example.com/x"
+    )
+    assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert tracking.redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    uri = _dead_uri()
+    with pytest.raises(UserError) as err:
+        tracking.check_server(uri)
+    assert "s3cret" not in str(err.value) and "annlab:***@127.0.0.1" in str(err.value)
+
+
+def test_a_lost_server_is_reported_once_and_later_calls_are_skipped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    link = tracking.Link(_dead_uri())
+    calls = []
+
+    def log(value: int) -> int:
+        calls.append(value)
+        raise ConnectionError("connection refused")
+
+    assert link.call(log, 1) is None
+    assert link.call(log, 2) is None
+    assert calls == [1]  # after the loss, nothing more is tried
+    assert not link.up and "lost (ConnectionError)" in link.lost
+    err = capsys.readouterr().err
+    assert err.count("was lost") == 1 and "annlab sync" in err and "s3cret" not in err
+
+
+def test_errors_from_a_store_that_answers_are_raised(mlflow_store: str) -> None:
+    link = tracking.Link(mlflow_store)  # a SQLite file is never "lost"
+    assert link.call(lambda: 3) == 3
+
+    def broken() -> None:
+        raise ValueError("a bug, not a network fault")
+
+    with pytest.raises(ValueError):
+        link.call(broken)
+    assert link.up
+
+
+def test_offline_skips_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tracking.OFFLINE_ENV, "1")
+    link = tracking.Link()
+    assert not link.up and link.call(lambda: 1 / 0) is None
+    monkeypatch.setenv(tracking.OFFLINE_ENV, "0")
+    assert tracking.Link().up

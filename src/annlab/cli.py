@@ -33,8 +33,9 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     outputs are written whole or not at all, its MLflow run ends as KILLED, and it exits with
     128 + the signal's number, as a shell reports a killed command.
 
-    A stage that succeeded exits without tearing the interpreter down: with TensorFlow loaded
-    that teardown takes 1.3 s and does nothing for us (every output is written and closed).
+    A stage exits without tearing the interpreter down: with TensorFlow loaded that teardown
+    takes 1.3 s, does nothing for us (every output is written and closed, or removed), and now
+    and then aborts (SIGABRT) when a signal stopped training midway.
     """
     started = time.perf_counter()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any stage imports TensorFlow
@@ -47,7 +48,7 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
         main(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _exit(2)
     except (KeyboardInterrupt, Interrupted) as exc:
         signum = signal.SIGTERM if isinstance(exc, Interrupted) else signal.SIGINT
         stage = os.environ.get("DVC_STAGE", "the stage")
@@ -56,13 +57,18 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
             " `dvc repro` runs it again",
             file=sys.stderr,
         )
-        sys.exit(128 + signum)
+        _exit(128 + signum)
     if os.environ.get(STATS_ENV) and os.environ.get("DVC_STAGE"):
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         stage = os.environ["DVC_STAGE"]
         line = {"stage": stage, "seconds": time.perf_counter() - started, "peak_rss_mib": peak_kib / 1024}
         with open(os.environ[STATS_ENV], "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    """Flush what was printed, then end the process at once (no interpreter teardown)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

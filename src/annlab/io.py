@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -81,3 +82,12 @@ def load_array(directory: str | Path, name: str) -> np.ndarray:
     import numpy as np
 
     return np.load(Path(directory) / f"{name}.npy", allow_pickle=False)
+
+
+def data_digest(data_dir: Path) -> str:
+    """SHA-256 of the processed arrays and their description (the files are byte-reproducible)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(data_dir).iterdir()):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()

@@ -11,17 +11,23 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+import sys
+import urllib.parse
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import mlflow
-from mlflow.entities import Run
+import numpy as np
+from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
+from annlab import io
 from annlab.errors import Interrupted, UserError
 from annlab.params import ModelType, OptimizerName, Params
+
+T = TypeVar("T")
 
 KEY_TAG = "annlab.key"  # one (cell, seed, inputs) in one grid: reruns replace the run
 CELL_KEY_TAG = "annlab.cell_key"  # the same cell and seed trained on the same inputs, in any grid
@@ -32,6 +38,7 @@ GRID_TAG = "annlab.grid"
 ROLE_TAG = "annlab.role"  # "grid" for a grid's parent run, "cell" for a cell's run
 DIVERGED_TAG = "annlab.diverged"  # "true" when the run's loss stopped being finite
 REUSED_TAG = "annlab.reused_from"  # the run that trained a cell DVC took from its cache
+SUPERSEDED_TAG = "annlab.superseded_by"  # on a run left unfinished by a lost server: its upload
 # MLflow 3's UI opens an experiment of this kind on its training runs table, not the GenAI view.
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 PARENT_TAG = "mlflow.parentRunId"  # what MLflow's own nesting sets; works across processes
@@ -172,26 +179,88 @@ def code_version(cwd: Path | None = None) -> str:
 # MLflow's client retries an unreachable server 7 times with a doubling back-off, minutes in
 # all; annlab gives up sooner, unless the environment says otherwise.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+OFFLINE_ENV = "ANNLAB_OFFLINE"
 
 
-def check_server(uri: str, timeout: float = 5.0) -> None:
-    """For a tracking server (http, https), fail at once, naming it, if it cannot be reached.
+def offline() -> bool:
+    """Whether $ANNLAB_OFFLINE asks the stages to leave MLflow alone (`annlab sync` uploads later)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
-    Any HTTP answer counts as reachable (an auth error then comes from MLflow, with its own
-    message); only a refused or timed-out connection stops the stage here.
+
+def redact(uri: str) -> str:
+    """`uri` with any password in it masked, fit for a message or a log."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def is_server(uri: str) -> bool:
+    """Whether `uri` names a tracking server (over the network) rather than a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
+def unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Why a tracking server cannot be reached (e.g. 'ConnectionError'), or None if it answers.
+
+    Any HTTP answer counts as reachable: an auth error then comes from MLflow, with its own message.
     """
-    if not uri.startswith(("http://", "https://")):
-        return
     import requests
 
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.RequestException as exc:
-        reason = type(exc).__name__
+        return type(exc).__name__
+    return None
+
+
+def check_server(uri: str) -> None:
+    """For a tracking server, fail at once, naming it, if it cannot be reached."""
+    if is_server(uri) and (reason := unreachable(uri)):
         raise UserError(
-            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached ({reason});"
-            " start it (`make server`), or unset MLFLOW_TRACKING_URI to log to the local store"
-        ) from None
+            f"MLflow tracking server {redact(uri)} (MLFLOW_TRACKING_URI) cannot be reached ({reason});"
+            " start it (`make server`), unset MLFLOW_TRACKING_URI to log to the local store, or set"
+            f" {OFFLINE_ENV}=1 to run without MLflow and upload the runs later with `annlab sync`"
+        )
+
+
+class Link:
+    """A stage's hold on the tracking store, which a tracking server may drop mid-run.
+
+    MLflow calls go through `call`. The first one that fails while the server cannot be reached
+    is reported once and every later one is skipped, so the stage still writes its DVC outputs
+    and `annlab sync` uploads what MLflow missed. An error from a store that can be reached is
+    a real error and is raised. Offline ($ANNLAB_OFFLINE), every call is skipped.
+    """
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri or tracking_uri()
+        self.lost: str | None = f"{OFFLINE_ENV} is set" if offline() else None
+
+    @property
+    def up(self) -> bool:
+        """Whether MLflow calls are still made."""
+        return self.lost is None
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """`fn(*args, **kwargs)`, or None once the server is lost (or offline)."""
+        if self.lost is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            reason = unreachable(self.uri) if is_server(self.uri) else None
+            if reason is None:
+                raise
+            self.lost = f"{redact(self.uri)} lost ({reason})"
+            print(
+                f"warning: MLflow tracking server {redact(self.uri)} was lost ({reason}); going on"
+                " without it: the DVC outputs are written, and `annlab sync` uploads the runs it missed",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None
 
 
 def experiment_id(name: str) -> str:
@@ -242,34 +311,93 @@ def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str]) -> str:
 
 @contextlib.contextmanager
 def start_cell_run(
-    exp_id: str, key: str, name: str, parent_id: str, tags: dict[str, str]
-) -> Iterator[mlflow.ActiveRun]:
-    """A cell's run under its grid's run, replacing earlier finished runs with the same key.
+    link: Link, exp_id: str, key: str, name: str, parent_id: str, tags: dict[str, str]
+) -> Iterator[None]:
+    """A cell's run under its grid's run (the active run), replacing earlier finished runs with
+    the same key; nothing while `link` is down.
 
     It ends FINISHED, FAILED on an error, or KILLED when the stage is interrupted (Ctrl-C,
     SIGTERM). Killed and failed runs are kept, so the UI shows what happened to them; only a
     finished run is replaced by a rerun of the same cell on the same inputs.
     """
-    client = MlflowClient()
-    for old in find_runs(exp_id, {KEY_TAG: key}):
-        if old.info.status == "FINISHED":
-            client.delete_run(old.info.run_id)
-    # The parent is named by tag rather than `parent_run_id=`, which needs the parent to be
-    # active: a grid whose report has finished it may still gain a rerun cell.
-    run = mlflow.start_run(
-        experiment_id=exp_id,
-        run_name=name,
-        tags={KEY_TAG: key, ROLE_TAG: "cell", PARENT_TAG: parent_id, **tags},
-    )
+
+    def start() -> None:
+        client = MlflowClient()
+        for old in find_runs(exp_id, {KEY_TAG: key}):
+            if old.info.status == "FINISHED":
+                client.delete_run(old.info.run_id)
+        # The parent is named by tag rather than `parent_run_id=`, which needs the parent to be
+        # active: a grid whose report has finished it may still gain a rerun cell.
+        mlflow.start_run(
+            experiment_id=exp_id,
+            run_name=name,
+            tags={KEY_TAG: key, ROLE_TAG: "cell", PARENT_TAG: parent_id, **tags},
+        )
+
+    link.call(start)
     try:
-        yield run
+        yield
     except (KeyboardInterrupt, Interrupted):
-        mlflow.end_run("KILLED")
+        link.call(mlflow.end_run, "KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        link.call(mlflow.end_run, "FAILED")
         raise
-    mlflow.end_run("FINISHED")
+    link.call(mlflow.end_run, "FINISHED")
+
+
+def log_cell_inputs(
+    logged: dict[str, Any], grid_id: str, splits: dict[str, tuple[Any, Any]], dataset: str
+) -> None:
+    """Log a cell's params and its training and validation sets to the active run."""
+    mlflow.log_params({**logged, "grid_id": grid_id})
+    for split, (x, y) in splits.items():
+        mlflow.log_input(mlflow.data.from_numpy(x, targets=y, name=f"{dataset}-{split}"), context=split)
+
+
+def log_cell_outputs(
+    seed_dir: Path, history_csv: Path, x_spec: Any, model: Any = None, with_model: bool = True
+) -> None:
+    """Log what train wrote for one seed of a cell to the active run: time, divergence, parameter
+    count, history CSV, summary and (unless it diverged) the model.
+
+    Args:
+        x_spec: an array with the features' dtype and width (the model signature's input).
+        model: the trained Keras model; None loads `seed_dir/model.keras` (in safe mode).
+        with_model: False for a run rebuilt for a reused cell, whose model is in the run that trained it.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    meta, timing = io.read_json(seed_dir / "meta.json"), io.read_json(seed_dir / "timing.json")
+    metrics = {"train_seconds": timing["train_seconds"], "diverged": float(meta["diverged"])}
+    mlflow.log_metrics({**metrics, "n_params": float(meta["n_params"])})
+    mlflow.set_tag(DIVERGED_TAG, str(meta["diverged"]).lower())
+    mlflow.log_artifact(str(history_csv), artifact_path="history")
+    mlflow.log_artifact(str(seed_dir / "model_summary.txt"))
+    if meta["diverged"] or not with_model:  # NaN weights: no model worth serving
+        return
+    if model is None:
+        import keras
+
+        model = keras.saving.load_model(seed_dir / "model.keras", safe_mode=True, compile=False)
+    n_classes = int(model.output_shape[-1])
+    # From the shapes: inferring it from a prediction would trace a predict function.
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(x_spec.dtype, (-1, x_spec.shape[1]))]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, n_classes))]),
+    )
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=pip_requirements())
+
+
+MAX_BATCH = 1000  # metrics per log_batch request: MLflow refuses more
+
+
+def log_metric_points(run_id: str, points: list[Metric]) -> None:
+    """Log metric points to a run in as few requests as MLflow allows."""
+    client = MlflowClient()
+    for i in range(0, len(points), MAX_BATCH):
+        client.log_batch(run_id, metrics=points[i : i + MAX_BATCH])
 
 
 def changed_metrics(run: Run, metrics: dict[str, float]) -> dict[str, float]:

@@ -69,6 +69,7 @@ class GridOutputs:
 
     metas: dict[tuple[str, int], dict[str, Any]]  # train's meta and timing per (cell, seed)
     histories: dict[str, dict[int, pd.DataFrame]]
+    history_dir: Path
     cell_figures: Path
     models_dir: Path
     eval_dir: Path
@@ -85,9 +86,10 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
     """File the grid in MLflow: its parent run, a child per (cell, seed) with test metrics,
     test dataset and figures, and the report on the parent.
 
-    Runs are found by key, so rerunning the report logs nothing twice. A cell that DVC took
-    from its cache (trained for another grid, e.g. before another optimizer's learning rate
-    changed) gets a child rebuilt from its DVC outputs, pointing at the run that trained it.
+    Runs are found by key, so rerunning the report (or `annlab sync`) logs nothing twice. A
+    child the store lacks is rebuilt from the DVC outputs: for a cell DVC took from its cache
+    (trained for another grid), pointing at the run that trained it; for a cell trained while
+    MLflow was out of reach, uploaded whole, model included.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -101,12 +103,27 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
     info = io.read_json(out.data_dir / "dataset.json")
     x_test, y_test = io.load_array(out.data_dir, "x_test"), io.load_array(out.data_dir, "y_test")
     test_set = mlflow.data.from_numpy(x_test, targets=y_test, name=f"{info['dataset']}-testing")
+    digest = io.data_digest(out.data_dir)
 
     for _, row in rows.iterrows():
         cell, seed = row["cell"], int(row["seed"])
         meta = out.metas[cell, seed]
-        found = tracking.find_runs(exp_id, {tracking.KEY_TAG: tracking.run_key(meta["cell_key"], grid_id)})
-        run_id = found[0].info.run_id if found else rebuild_run(params, row, meta, out, exp_id, parent_id)
+        logged = tracking.cell_params(params, row["model"], row["optimizer"], row["activation"], seed)
+        if tracking.cell_key(cell, logged, digest) != meta["cell_key"]:
+            raise UserError(
+                f"{out.models_dir / cell / io.seed_name(seed) / 'meta.json'}: trained on other params or"
+                f" data than params.yaml and {out.data_dir} hold now; run `dvc repro` first"
+            )
+        runs = tracking.find_runs(exp_id, {tracking.KEY_TAG: tracking.run_key(meta["cell_key"], grid_id)})
+        finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
+        if finished:
+            run_id = finished[0]
+        else:
+            run_id = rebuild_run(params, row, meta, out, exp_id, parent_id)
+            for stale in runs:  # left RUNNING by a stage that lost the server mid-run
+                if stale.info.status == "RUNNING":
+                    client.set_tag(stale.info.run_id, tracking.SUPERSEDED_TAG, run_id)
+                    client.set_terminated(stale.info.run_id, "FAILED")
         before = client.get_run(run_id)
         try:
             with mlflow.start_run(run_id=run_id):
@@ -160,9 +177,15 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
 def rebuild_run(
     params: Params, row: pd.Series, meta: dict[str, Any], out: GridOutputs, exp_id: str, parent_id: str
 ) -> str:
-    """A finished child run for a cell DVC reused from its cache, rebuilt from its DVC outputs
-    (params, per-epoch curves, training time); its model stays in the run that trained it."""
-    from mlflow.entities import Metric, Param
+    """A finished child run for a cell the store lacks, rebuilt from its DVC outputs (params,
+    datasets, per-epoch curves, training time, history, summary).
+
+    If a run in the store trained the cell (same params, data and seed) for another grid, DVC
+    took the cell from its cache: the new run points at that one, which holds the model.
+    Otherwise the cell was trained while MLflow was out of reach, and its model is uploaded too.
+    """
+    import mlflow
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from annlab import tracking
@@ -174,28 +197,34 @@ def rebuild_run(
         for r in tracking.find_runs(exp_id, {tracking.CELL_KEY_TAG: meta["cell_key"]})
         if tracking.REUSED_TAG not in r.data.tags and r.info.status == "FINISHED"
     ]
-    origin = trained[0].info.run_id if trained else "unknown"
-    run = client.create_run(
-        exp_id,
-        run_name=tracking.cell_run_name(cell, seed, params.seeds),
-        tags={
-            tracking.KEY_TAG: tracking.run_key(meta["cell_key"], grid_id),
-            tracking.CELL_KEY_TAG: meta["cell_key"],
-            tracking.ROLE_TAG: "cell",
-            tracking.PARENT_TAG: parent_id,
-            tracking.CELL_TAG: cell,
-            tracking.GRID_TAG: grid_id,
-            tracking.DATASET_TAG: meta["dataset"],
-            tracking.REUSED_TAG: origin,
-            tracking.DIVERGED_TAG: str(meta["diverged"]).lower(),
-            **tracking.stage_tag("report"),
-            "mlflow.note.content": (
-                "DVC reused this cell from its cache: it was trained (same params, data and"
-                f" seed) in run {origin}, which holds the model. Rebuilt here from the DVC"
-                " outputs so that this grid is complete."
-            ),
-        },
-    )
+    tags = {
+        tracking.KEY_TAG: tracking.run_key(meta["cell_key"], grid_id),
+        tracking.CELL_KEY_TAG: meta["cell_key"],
+        tracking.ROLE_TAG: "cell",
+        tracking.PARENT_TAG: parent_id,
+        tracking.CELL_TAG: cell,
+        tracking.GRID_TAG: grid_id,
+        tracking.DATASET_TAG: meta["dataset"],
+        "annlab.data_digest": meta["data_digest"],
+        **tracking.stage_tag("report"),
+    }
+    if trained:
+        origin = trained[0].info.run_id
+        tags[tracking.REUSED_TAG] = origin
+        tags["mlflow.note.content"] = (
+            "DVC reused this cell from its cache: it was trained (same params, data and"
+            f" seed) in run {origin}, which holds the model. Rebuilt here from the DVC"
+            " outputs so that this grid is complete."
+        )
+    else:
+        tags["mlflow.note.content"] = (
+            "Trained while MLflow could not be reached (offline, or the tracking server was"
+            " lost), and uploaded afterwards from the DVC outputs (`annlab sync` or the report"
+            " stage): the curves, metrics and model are those of that training."
+        )
+    run_id = client.create_run(
+        exp_id, run_name=tracking.cell_run_name(cell, seed, params.seeds), tags=tags
+    ).info.run_id
     now = int(time.time() * 1000)
     history = out.histories[cell][seed]
     curves = [
@@ -203,25 +232,23 @@ def rebuild_run(
         for column in ("loss", "accuracy", "val_loss", "val_accuracy")
         for epoch, value in zip(history["epoch"], history[column], strict=True)
     ]
-    extra = {
-        "diverged": float(meta["diverged"]),
-        "train_seconds": float(meta["train_seconds"]),
-        "n_params": float(meta["n_params"]),
+    tracking.log_metric_points(run_id, curves)
+    arrays = {name: io.load_array(out.data_dir, name) for name in ("x_train", "y_train", "x_val", "y_val")}
+    splits = {
+        "training": (arrays["x_train"], arrays["y_train"]),
+        "validation": (arrays["x_val"], arrays["y_val"]),
     }
-    logged = {
-        **tracking.cell_params(params, row["model"], row["optimizer"], row["activation"], seed),
-        "grid_id": grid_id,
-    }
-    client.log_batch(
-        run.info.run_id,
-        metrics=[*curves, *(Metric(k, v, now, 0) for k, v in extra.items())],
-        params=[Param(k, str(v)) for k, v in logged.items()],
-    )
-    client.log_artifact(
-        run.info.run_id, str(out.models_dir / cell / io.seed_name(seed) / "model_summary.txt")
-    )
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    logged = tracking.cell_params(params, row["model"], row["optimizer"], row["activation"], seed)
+    seed_name = io.seed_name(seed)
+    with mlflow.start_run(run_id=run_id):  # ends it FINISHED
+        tracking.log_cell_inputs(logged, grid_id, splits, meta["dataset"])
+        tracking.log_cell_outputs(
+            out.models_dir / cell / seed_name,
+            out.history_dir / cell / f"{seed_name}.csv",
+            arrays["x_train"],
+            with_model=not trained,
+        )
+    return run_id
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,13 +266,69 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heatmap", type=Path, required=True, help="test-accuracy heatmap PNG")
     p.add_argument("--curves-by-activation", type=Path, required=True, help="PNG, a panel per activation")
     p.add_argument("--curves-by-optimizer", type=Path, required=True, help="PNG, a panel per optimizer")
+    p.add_argument(
+        "--mlflow-only",
+        action="store_true",
+        help="write nothing: file the grid in MLflow from the outputs already written (`annlab sync`)",
+    )
     args = p.parse_args(argv)
     params = load_params(args.params)
 
+    from annlab import tracking
+
+    if args.mlflow_only and tracking.offline():
+        raise UserError(f"{tracking.OFFLINE_ENV} is set: unset it to upload the runs to MLflow")
     rows, timings, metas = read_rows(params, args.eval, args.models)
     histories = {cell.name: figures.read_histories(args.history / cell.name) for cell in params.cells()}
-    summary = rep.summarize(rows)
+    shown = {
+        "Test accuracy per optimizer and activation": args.heatmap,
+        "Validation curves, one panel per activation": args.curves_by_activation,
+        "Validation curves, one panel per optimizer": args.curves_by_optimizer,
+    }
+    grid_files = [args.markdown, args.csv, args.timings, args.summary, *shown.values()]
+    headline = rep.summary_metrics(rows)
+    if args.mlflow_only:
+        if missing := [str(path) for path in grid_files if not path.is_file()]:
+            raise UserError(f"{', '.join(missing)}: missing; run `dvc repro`, which writes the report, first")
+    else:
+        write_report(params, rows, timings, histories, shown, args)
+        io.write_json(args.summary, headline)
+        print(
+            f"report: {len(rows)} runs in {len(set(rows['cell']))} cells; best {headline['best_cell']};"
+            f" -> {args.markdown}"
+        )
+    if tracking.offline():
+        print(
+            f"report: {tracking.OFFLINE_ENV} is set: the grid is not filed in MLflow;"
+            " `annlab sync` does it later"
+        )
+        return
+    outputs = GridOutputs(
+        metas=metas,
+        histories=histories,
+        history_dir=args.history,
+        cell_figures=args.cell_figures,
+        models_dir=args.models,
+        eval_dir=args.eval,
+        data_dir=args.data,
+        grid_files=grid_files,
+    )
+    log_to_mlflow(params, rows, headline, outputs)
+
+
+def write_report(
+    params: Params,
+    rows: pd.DataFrame,
+    timings: pd.DataFrame,
+    histories: dict[str, dict[int, pd.DataFrame]],
+    shown: dict[str, Path],
+    args: Any,
+) -> None:
+    """Write the comparison report, its CSVs and its figures (the paths `args` names)."""
+    from annlab.tracking import code_version
+
     data_name = params.data.dataset
+    summary = rep.summarize(rows)
     figures.save(
         rep.heatmap_figure(summary, params, "test_accuracy", f"Test accuracy ({data_name})"), args.heatmap
     )
@@ -257,34 +340,10 @@ def main(argv: list[str] | None = None) -> None:
         rep.curves_figure(histories, params, "optimizer", f"Validation curves per activation ({data_name})"),
         args.curves_by_optimizer,
     )
-    shown = {
-        "Test accuracy per optimizer and activation": args.heatmap,
-        "Validation curves, one panel per activation": args.curves_by_activation,
-        "Validation curves, one panel per optimizer": args.curves_by_optimizer,
-    }
     links = {title: _relative(path, args.markdown.parent) for title, path in shown.items()}
-
-    from annlab.tracking import code_version
-
     io.write_text(args.markdown, rep.comparison_markdown(params, rows, timings, code_version(), links))
     io.write_text(args.csv, rep.rows_csv(rows))
     io.write_text(args.timings, timings.to_csv(index=False, lineterminator="\n", float_format="%.3f"))
-    headline = rep.summary_metrics(rows)
-    io.write_json(args.summary, headline)
-    print(
-        f"report: {len(rows)} runs in {len(summary)} cells; best {headline['best_cell']}; -> {args.markdown}"
-    )
-
-    outputs = GridOutputs(
-        metas=metas,
-        histories=histories,
-        cell_figures=args.cell_figures,
-        models_dir=args.models,
-        eval_dir=args.eval,
-        data_dir=args.data,
-        grid_files=[args.markdown, args.csv, args.timings, args.summary, *shown.values()],
-    )
-    log_to_mlflow(params, rows, headline, outputs)
 
 
 def _relative(path: Path, start: Path) -> str:

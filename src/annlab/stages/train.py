@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, get_args
-
-import numpy as np
 
 from annlab import cli, io
 from annlab.metrics import one_hot
@@ -17,15 +14,6 @@ from annlab.params import Activation, ModelType, OptimizerName, cell_name, load_
 from annlab.speed import Speed
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
-
-
-def data_digest(data_dir: Path) -> str:
-    """SHA-256 of the processed arrays and their description (the files are byte-reproducible)."""
-    h = hashlib.sha256()
-    for path in sorted(data_dir.iterdir()):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def history_csv(history: dict[str, list[float]]) -> str:
@@ -79,9 +67,6 @@ def main(argv: list[str] | None = None) -> None:
     import keras
     import mlflow
     from mlflow.entities import Metric
-    from mlflow.models import ModelSignature
-    from mlflow.tracking import MlflowClient
-    from mlflow.types import Schema, TensorSpec
 
     from annlab import model as annmodel
     from annlab import tracking
@@ -93,11 +78,21 @@ def main(argv: list[str] | None = None) -> None:
     image_shape = (info["image_shape"][0], info["image_shape"][1])
     x_train, y_train = io.load_array(args.data, "x_train"), io.load_array(args.data, "y_train")
     x_val, y_val = io.load_array(args.data, "x_val"), io.load_array(args.data, "y_val")
-    digest = data_digest(args.data)
+    digest = io.data_digest(args.data)
     grid_id = base.grid_id()
 
-    exp_id = tracking.experiment_id(params.mlflow.experiment)
-    parent_id = tracking.grid_run(exp_id, grid_id, tracking.grid_name(base), tracking.grid_tags(base))
+    link = tracking.Link()
+    exp_id = parent_id = ""
+    if link.up:
+        exp_id = tracking.experiment_id(params.mlflow.experiment)  # a server down now stops the stage
+        parent_id = link.call(
+            tracking.grid_run, exp_id, grid_id, tracking.grid_name(base), tracking.grid_tags(base)
+        )
+    else:
+        print(
+            f"train: {tracking.OFFLINE_ENV} is set: nothing is logged to MLflow;"
+            " `annlab sync` uploads the runs later"
+        )
     tags = {
         **tracking.stage_tag(f"train@{cell}"),
         **speed.tags(),
@@ -131,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
 
         def flush(self) -> None:
             if self.pending:
-                MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=self.pending)
+                pending = self.pending
+                link.call(lambda: tracking.log_metric_points(mlflow.active_run().info.run_id, pending))
             self.pending, self.flushed = [], time.monotonic()
 
     def train_seed(seed: int, seed_dir: Path, history_path: Path) -> str:
@@ -141,13 +137,10 @@ def main(argv: list[str] | None = None) -> None:
         key = tracking.cell_key(cell, logged_params, digest)
         name = tracking.cell_run_name(cell, seed, base.seeds)
         run_tags = {**tags, tracking.CELL_KEY_TAG: key}
-        with tracking.start_cell_run(exp_id, tracking.run_key(key, grid_id), name, parent_id, run_tags):
-            mlflow.log_params({**logged_params, "grid_id": grid_id})
-            for split, (x, y) in {"training": (x_train, y_train), "validation": (x_val, y_val)}.items():
-                dataset = mlflow.data.from_numpy(x, targets=y, name=f"{info['dataset']}-{split}")
-                mlflow.log_input(dataset, context=split)
+        with tracking.start_cell_run(link, exp_id, tracking.run_key(key, grid_id), name, parent_id, run_tags):
+            splits = {"training": (x_train, y_train), "validation": (x_val, y_val)}
+            link.call(tracking.log_cell_inputs, logged_params, grid_id, splits, info["dataset"])
             model = annmodel.compiled_model(params, image_shape, n_classes, speed, len(x_train))
-            n_params = model.count_params()
             started = time.perf_counter()
             logger = EpochLogger()
             try:
@@ -168,8 +161,6 @@ def main(argv: list[str] | None = None) -> None:
             diverged_at = diverged_epoch(history)
             best_val, best_at = best_epoch(history)
             epochs_run = len(history["loss"])
-            mlflow.log_metrics({"train_seconds": seconds, "diverged": float(diverged_at is not None)})
-            mlflow.set_tag(tracking.DIVERGED_TAG, str(diverged_at is not None).lower())
 
             seed_dir.mkdir()
             model.save(seed_dir / "model.keras")
@@ -182,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                 "loss": params.train.loss,
                 "dataset": info["dataset"],
                 "model": params.model.label,
-                "n_params": n_params,
+                "n_params": model.count_params(),
                 "cell_key": key,
                 "data_digest": digest,
                 "epochs_run": epochs_run,
@@ -197,21 +188,10 @@ def main(argv: list[str] | None = None) -> None:
             timing = {"train_seconds": seconds, "seconds_per_epoch": seconds / epochs_run}
             io.write_json(seed_dir / "timing.json", timing)
             io.write_text(history_path, history_csv(history))
-
-            mlflow.log_artifact(str(history_path), artifact_path="history")
-            mlflow.log_artifact(str(seed_dir / "model_summary.txt"))
-            mlflow.log_metric("n_params", n_params)
-            if diverged_at is not None:
-                # NaN weights: no model worth serving, and nothing to test.
-                return f"train: {name}: diverged at epoch {diverged_at} (loss no longer finite); stopped"
-            # From the shapes: inferring it from a prediction would trace a predict function.
-            signature = ModelSignature(
-                inputs=Schema([TensorSpec(x_train.dtype, (-1, x_train.shape[1]))]),
-                outputs=Schema([TensorSpec(np.dtype("float32"), (-1, n_classes))]),
-            )
-            mlflow.keras.log_model(
-                model, name="model", signature=signature, pip_requirements=tracking.pip_requirements()
-            )
+            # What the run holds is what was just written: `annlab sync` logs the same from the files.
+            link.call(tracking.log_cell_outputs, seed_dir, history_path, x_train, model)
+        if diverged_at is not None:
+            return f"train: {name}: diverged at epoch {diverged_at} (loss no longer finite); stopped"
         return f"train: {name}: val_accuracy={history['val_accuracy'][-1]:.4f} in {seconds:.1f}s"
 
     # One atomic write for all seeds: a failure leaves the previous outputs, never a partial cell.
@@ -222,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"train: {cell} seed {seed} ({n}/{len(base.seeds)})", flush=True)
             name = io.seed_name(seed)
             print(train_seed(seed, model_dir / name, history_dir / f"{name}.csv"))
+    if link.lost and not tracking.offline():
+        print(
+            f"train: MLflow tracking server {link.lost}: the outputs are complete;"
+            " `annlab sync` uploads the runs"
+        )
 
 
 if __name__ == "__main__":
