@@ -4,7 +4,9 @@ pipeline logs to a real `mlflow server` over HTTP."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -330,3 +332,49 @@ def _running_with_curves(client: MlflowClient) -> bool:
         return False
     running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
     return any(r.data.tags.get("annlab.role") == "cell" and "loss" in r.data.metrics for r in running)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_eight_dvc_exp_runs_at_once_all_land_once(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """Eight `dvc --wait-for-lock exp run --temp` processes started together (no queue), each a
+    whole pipeline writing to one store at once: the SQLite file at the repo root, or a server."""
+    uri = request.getfixturevalue("server") if store == "server" else None
+
+    def tiny(params: dict) -> None:
+        params["data"]["subset"] = 200
+        params["train"]["epochs"] = 1
+        params["grid"] = {"model": ["ann"], "optimizer": ["adam"], "activation": ["relu"], "seeds": None}
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    small_repo(repo, tiny)
+    rates = [f"0.00{i}" for i in range(1, 9)]
+    # --wait-for-lock: DVC holds its repository lock while it sets each run up; without it, a
+    # run that finds the lock taken stops at once ("Unable to acquire lock").
+    argv = ["--wait-for-lock", "exp", "run", "--temp", "-S"]
+    with concurrent.futures.ThreadPoolExecutor(len(rates)) as pool:
+        jobs = [
+            pool.submit(dvc, repo, *argv, f"optimizers.adam.learning_rate={rate}", store=uri, check=False)
+            for rate in rates
+        ]
+        done = [job.result() for job in jobs]
+    failed = [f"{p.stdout}\n{p.stderr}" for p in done if p.returncode != 0]
+    assert not failed, failed[0]
+    combined = "".join(p.stdout + p.stderr for p in done)
+    assert "database is locked" not in combined
+
+    shown = json.loads(dvc(repo, "exp", "show", "--json", store=uri).stdout)
+    exps = [e for rev in shown for e in (rev.get("experiments") or [])]
+    assert len(exps) == 8  # DVC kept every experiment
+    client = MlflowClient(uri or f"sqlite:///{repo / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "annlab"]
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    cells = [r for r in runs if r.data.tags.get("annlab.role") == "cell"]
+    grids = [r for r in runs if r.data.tags.get("annlab.role") == "grid"]
+    assert (len(cells), len(grids)) == (8, 8)
+    assert sorted(r.data.params["optimizers.adam.learning_rate"] for r in cells) == rates
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["annlab.dvc_exp"] for r in grids}) == 8
