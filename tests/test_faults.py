@@ -149,7 +149,9 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_the_pipeline_logs_to_a_real_tracking_server(tmp_path: Path, server: str) -> None:
+def test_the_pipeline_logs_to_a_real_tracking_server(
+    tmp_path: Path, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def tiny(params: dict) -> None:
         params["data"]["subset"] = 200
         params["train"]["epochs"] = 2
@@ -163,7 +165,15 @@ def test_the_pipeline_logs_to_a_real_tracking_server(tmp_path: Path, server: str
     repo = tmp_path / "repo"
     repo.mkdir()
     small_repo(repo, tiny)
-    repro(repo, 2, server)
+    # Credentials come from the environment (this server does not check them): none may end up
+    # in a run, an output or the log.
+    secret = "s3cret-Token-42"
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "annlab")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    done = repro(repo, 2, server)
+    assert secret not in done.stdout + done.stderr
+    written = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts and p.suffix != ".keras"]
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
     client = MlflowClient(server)
     (exp,) = [e for e in client.search_experiments() if e.name == "annlab"]
     runs = client.search_runs([exp.experiment_id])
@@ -182,6 +192,8 @@ def test_the_pipeline_logs_to_a_real_tracking_server(tmp_path: Path, server: str
             [exp.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
         )
         assert len(models) == 1
+    for run in runs:
+        assert secret not in json.dumps([run.data.params, run.data.tags])
     stored = list((tmp_path / "server" / "artifacts").rglob("MLmodel"))
     assert len(stored) == 2
     assert not (repo / "mlflow.db").exists()  # nothing went to the local store

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from annlab.errors import UserError
+
 if TYPE_CHECKING:  # NumPy is imported where arrays are handled, so `validate` starts faster
     import numpy as np
 
@@ -78,10 +80,16 @@ def save_arrays(directory: str | Path, arrays: Mapping[str, np.ndarray]) -> None
 
 
 def load_array(directory: str | Path, name: str) -> np.ndarray:
-    """Load `<name>.npy` from `directory`, refusing pickled objects."""
+    """Load `<name>.npy` from `directory`, refusing pickled objects (loading them runs code)."""
     import numpy as np
 
-    return np.load(Path(directory) / f"{name}.npy", allow_pickle=False)
+    path = Path(directory) / f"{name}.npy"
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise UserError(f"{path}: holds pickled Python objects, which annlab never loads") from None
 
 
 def data_digest(data_dir: Path) -> str:

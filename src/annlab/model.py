@@ -3,11 +3,13 @@ params, and train it (imports Keras: train, evaluate and the benchmark only)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from annlab.errors import UserError
 from annlab.params import ModelParams, OptimizersParams, Params
 from annlab.speed import Speed
 
@@ -145,3 +147,17 @@ def fit(
         callbacks=callbacks or [],
     )
     return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def load_model(path: Path) -> keras.Model:
+    """A saved model, uncompiled, in Keras' safe mode: a file that holds Python code (a Lambda
+    layer's function, which loading would run) is refused with a clear error."""
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except ValueError as exc:
+        if "safe_mode" not in str(exc):
+            raise
+        raise UserError(
+            f"{path}: refused: it holds Python code (e.g. a Lambda layer), which annlab never loads;"
+            " train the cell again with `dvc repro --force`"
+        ) from None

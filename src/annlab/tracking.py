@@ -378,9 +378,9 @@ def log_cell_outputs(
     if meta["diverged"] or not with_model:  # NaN weights: no model worth serving
         return
     if model is None:
-        import keras
+        from annlab.model import load_model
 
-        model = keras.saving.load_model(seed_dir / "model.keras", safe_mode=True, compile=False)
+        model = load_model(seed_dir / "model.keras")
     n_classes = int(model.output_shape[-1])
     # From the shapes: inferring it from a prediction would trace a predict function.
     signature = ModelSignature(

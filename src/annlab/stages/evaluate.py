@@ -22,7 +22,7 @@ def predictions_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[st
 def evaluate_cell(model_dir: Path, x_test: np.ndarray, y_test: np.ndarray, names: list[str]) -> dict:
     """Test one cell's model of each seed: per-seed metrics, the summed confusion matrix and
     every (actual, predicted) pair."""
-    import keras
+    from annlab.model import load_model
 
     seeds: list[dict[str, Any]] = []
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
@@ -41,7 +41,7 @@ def evaluate_cell(model_dir: Path, x_test: np.ndarray, y_test: np.ndarray, names
             entry.update({k: None for k in metrics.TEST_METRICS}, n_test=len(y_test))
         else:
             # Not compiled: predicting needs no optimizer state.
-            model = keras.saving.load_model(seed_dir / "model.keras", safe_mode=True, compile=False)
+            model = load_model(seed_dir / "model.keras")
             probs = model.predict(x_test, verbose=0)
             scalars, report = metrics.evaluate(y_test, probs, meta["loss"], names)
             entry.update(scalars, classes=report["classes"], confusion_matrix=report["confusion_matrix"])
