@@ -140,12 +140,18 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """A running tracking server's URI."""
+def idle_server(tmp_path: Path) -> Iterator[Server]:
+    """A tracking server not yet started; whatever the test does, it is stopped at the end."""
     srv = Server(tmp_path / "server")
-    srv.start()
-    yield srv.uri
+    yield srv
     srv.stop()
+
+
+@pytest.fixture
+def server(idle_server: Server) -> str:
+    """A running tracking server's URI."""
+    idle_server.start()
+    return idle_server.uri
 
 
 @pytest.mark.slow
@@ -249,7 +255,7 @@ def _annlab(repo: Path, *args: str, uri: str) -> subprocess.CompletedProcess[str
 
 @pytest.mark.slow
 def test_no_run_is_lost_to_a_server_that_is_down_and_sync_uploads_each_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, idle_server: Server
 ) -> None:
     """Server down: the grid's first cell fails fast, naming it. Offline: a cell trains with no
     MLflow at all. Server lost mid-training: the cell still writes its outputs. Then `annlab
@@ -269,7 +275,7 @@ def test_no_run_is_lost_to_a_server_that_is_down_and_sync_uploads_each_once(
     repo = tmp_path / "repo"
     repo.mkdir()
     small_repo(repo, tiny)
-    server = Server(tmp_path / "server")
+    server = idle_server
 
     # 1. Down: the first cell stops at once with the server's URI; nothing trained.
     down = repro(repo, 1, server.uri, check=False)
@@ -297,6 +303,7 @@ def test_no_run_is_lost_to_a_server_that_is_down_and_sync_uploads_each_once(
         time.sleep(0.3)
     server.stop()
     thread.join(timeout=300)
+    assert result, "the pipeline did not end within 5 minutes of the loss"
     (lost,) = result
     assert lost.returncode != 0, "the report cannot have filed the grid"
     assert f"MLflow tracking server {server.uri} was lost" in lost.stderr
@@ -334,7 +341,6 @@ def test_no_run_is_lost_to_a_server_that_is_down_and_sync_uploads_each_once(
     again = client.search_runs([exp_id], max_results=1000)
     assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
     assert {r.info.run_id: r.info.status for r in again} == {r.info.run_id: r.info.status for r in runs}
-    server.stop()
 
 
 def _running_with_curves(client: MlflowClient) -> bool:

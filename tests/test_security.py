@@ -4,6 +4,7 @@ no pickles). Secrets kept out of runs and logs are checked in test_tracking and 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from conftest import REPO
 @pytest.mark.parametrize("target", ["server", "ui"])
 def test_servers_bind_to_loopback_unless_told_otherwise(target: str) -> None:
     def command(*args: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "HOST"}  # tcsh exports HOST: not a choice
         out = subprocess.run(
-            ["make", "-n", target, *args], cwd=REPO, capture_output=True, text=True, check=True
+            ["make", "-n", target, *args], cwd=REPO, env=env, capture_output=True, text=True, check=True
         )
         lines = out.stdout.replace("\\\n", " ").splitlines()  # continued lines joined
         (line,) = [line for line in lines if line.startswith("mlflow ")]

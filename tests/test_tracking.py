@@ -134,6 +134,7 @@ def test_passwords_are_masked_in_what_annlab_prints() -> None:
         tracking.redact("https://alice:pa:ss@mlflow.example.com/x")
         == "https://alice:***@mlflow.example.com/x"
     )
+    assert tracking.redact("https://tok3n@mlflow.example.com") == "https://***@mlflow.example.com"
     assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert tracking.redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
     uri = _dead_uri()

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -190,10 +191,11 @@ def offline() -> bool:
 def redact(uri: str) -> str:
     """`uri` with any password in it masked, fit for a message or a log."""
     parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
+    if parts.username is None:
         return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    _, host = parts.netloc.rsplit("@", 1)
+    user = "***" if parts.password is None else f"{parts.username}:***"  # a bare token is the secret
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def is_server(uri: str) -> bool:
@@ -204,15 +206,16 @@ def is_server(uri: str) -> bool:
 def unreachable(uri: str, timeout: float = 5.0) -> str | None:
     """Why a tracking server cannot be reached (e.g. 'ConnectionError'), or None if it answers.
 
-    Any HTTP answer counts as reachable: an auth error then comes from MLflow, with its own message.
+    An HTTP answer counts as reachable (an auth error then comes from MLflow, with its own
+    message), except a gateway's 502, 503 or 504: a proxy answering for a server that is down.
     """
     import requests
 
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+        answer = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.RequestException as exc:
         return type(exc).__name__
-    return None
+    return f"HTTP {answer.status_code}" if answer.status_code in (502, 503, 504) else None
 
 
 def check_server(uri: str) -> None:
@@ -352,7 +355,16 @@ def log_cell_inputs(
     """Log a cell's params and its training and validation sets to the active run."""
     mlflow.log_params({**logged, "grid_id": grid_id})
     for split, (x, y) in splits.items():
-        mlflow.log_input(mlflow.data.from_numpy(x, targets=y, name=f"{dataset}-{split}"), context=split)
+        data = mlflow.data.from_numpy(x, targets=y, name=f"{dataset}-{split}")
+        try:
+            mlflow.log_input(data, context=split)
+        except mlflow.exceptions.MlflowException as exc:
+            # Cells trained side by side log the same dataset: the store records it once, and the
+            # second insert of a race fails ("UNIQUE constraint failed"); it exists now, so link it.
+            if "UNIQUE constraint" not in str(exc) and "IntegrityError" not in str(exc):
+                raise
+            time.sleep(0.5)
+            mlflow.log_input(data, context=split)
 
 
 def log_cell_outputs(

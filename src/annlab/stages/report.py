@@ -171,7 +171,10 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
             mlflow.set_tag("annlab.best_cell", headline["best_cell"])
         for path in out.grid_files:
             mlflow.log_artifact(str(path), artifact_path="report")
-    print(f"report: MLflow grid run {parent_id} with {len(rows)} child runs, in {mlflow.get_tracking_uri()}")
+    print(
+        f"report: MLflow grid run {parent_id} with {len(rows)} child runs,"
+        f" in {tracking.redact(mlflow.get_tracking_uri())}"
+    )
 
 
 def rebuild_run(
