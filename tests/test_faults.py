@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from annlab.errors import Interrupted
 from conftest import dvc, processed_blobs, repro, small_repo
 
 
@@ -396,3 +397,71 @@ def test_eight_dvc_exp_runs_at_once_all_land_once(
     assert sorted(r.data.params["optimizers.adam.learning_rate"] for r in cells) == rates
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["annlab.dvc_exp"] for r in grids}) == 8
+
+
+@pytest.fixture
+def stop_signals() -> Iterator[None]:
+    """annlab's SIGINT and SIGTERM handlers in this process, as a stage has them; restored after."""
+    from annlab import cli
+
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    cli.handle_stop_signals()
+    yield
+    signal.signal(signal.SIGINT, saved[0])
+    signal.signal(signal.SIGTERM, saved[1])
+
+
+def _fit_signalling_self(signals_at: dict[int, list[signal.Signals]], ended: list[int]) -> None:
+    """Train a tiny network (100 epochs of 8 steps, one step per call) with annlab's fit, sending
+    this process the given signals after the given steps (counted from 0 over the whole
+    training); `ended` gets the epochs (from 0) that ended."""
+    import keras
+    import numpy as np
+
+    from annlab import model as annmodel
+
+    class SignalSelf(keras.callbacks.Callback):
+        step = 0
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            for sig in signals_at.get(self.step, []):
+                os.kill(os.getpid(), sig)
+            self.step += 1
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            ended.append(epoch)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 4)).astype("float32"), np.eye(2)[rng.integers(0, 2, 64)]
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    net.compile(optimizer="sgd", loss="categorical_crossentropy", steps_per_execution=1)
+    annmodel.fit(net, (x, y), (x, y), epochs=100, batch_size=8, callbacks=[SignalSelf()], verbose=0)
+
+
+@pytest.mark.parametrize(
+    ("signum", "raised"),
+    [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Interrupted)],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_during_training_ends_it_after_the_step_then_raises(
+    stop_signals: None, signum: signal.Signals, raised: type[BaseException]
+) -> None:
+    """An exception thrown into TensorFlow mid-training can corrupt its heap (the process then
+    aborts, its temporary outputs left behind): training stops between steps instead."""
+    ended: list[int] = []
+    with pytest.raises(raised):
+        _fit_signalling_self({20: [signum]}, ended)  # step 20: in the third epoch (0, 1, 2)
+    # Training ended with the third epoch, mid-way, not at the end of 100: the step after the
+    # signal saw it, and fit returned before the signal was raised.
+    assert ended == [0, 1, 2]
+
+    # Asked twice, it stops at once, from within the step (the user's choice to risk it).
+    ended.clear()
+    with pytest.raises(raised):
+        _fit_signalling_self({20: [signum, signum]}, ended)
+    assert ended == [0, 1]
+
+    # Outside training a signal raises at once, as Python's own SIGINT handler does.
+    with pytest.raises(raised):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)

@@ -398,17 +398,21 @@ def test_a_cell_killed_mid_training_is_trained_again_by_the_next_repro(pipeline:
     assert not list((repo / "models").glob(".ann-sgd-relu.*"))
     stale = json.loads(_dvc(repo, "status", "--json").stdout)
     assert "train@ann-sgd-relu" in stale
-    # The grid trains seeds 1 and 2 by now (an earlier test): seed 1 was killed, 2 never began.
+    # The first seed's run was killed; a later seed's never began.
+    from annlab.params import load_params
+    from annlab.tracking import cell_run_name
+
+    seeds = load_params(repo / "params.yaml").seeds
     killed = [
         r for r in _runs(uri) if r.info.run_name.startswith("ann-sgd-relu") and r.info.status == "KILLED"
     ]
-    assert [r.info.run_name for r in killed] == ["ann-sgd-relu seed=1"]
+    assert [r.info.run_name for r in killed] == [cell_run_name("ann-sgd-relu", seeds[0], seeds)]
 
     ran = _ran(repro(repo, 2, uri))
     assert {f"train@{c}" for c in CELLS} | {"evaluate", "plot", "report"} <= ran
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
     metrics = json.loads((repo / "reports/metrics/ann-sgd-relu.json").read_text())
-    assert (metrics["epochs_run"], metrics["seeds"]) == (60, 2)
+    assert (metrics["epochs_run"], metrics["seeds"]) == (60, len(seeds))
     # The killed run stays visible as such beside the one that finished.
     statuses = sorted(r.info.status for r in _runs(uri) if r.info.run_name.startswith("ann-sgd-relu"))
     assert "KILLED" in statuses and "FINISHED" in statuses

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from annlab.errors import Interrupted, UserError
@@ -33,17 +34,14 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     outputs are written whole or not at all, its MLflow run ends as KILLED, and it exits with
     128 + the signal's number, as a shell reports a killed command.
 
+    Training defers them to the end of its current step (`deferred_stop`).
+
     A stage exits without tearing the interpreter down: with TensorFlow loaded that teardown
-    takes 1.3 s, does nothing for us (every output is written and closed, or removed), and now
-    and then aborts (SIGABRT) when a signal stopped training midway.
+    takes 1.3 s and does nothing for us (every output is written and closed, or removed).
     """
     started = time.perf_counter()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any stage imports TensorFlow
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise Interrupted("SIGTERM")
-
-    signal.signal(signal.SIGTERM, terminate)
+    handle_stop_signals()
     try:
         main(argv)
     except UserError as exc:
@@ -65,6 +63,58 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
         with open(os.environ[STATS_ENV], "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
     _exit(0)
+
+
+class _Signals:
+    """The signal a deferred stop is waiting on (None: none came), and whether stops are deferred."""
+
+    deferring = False
+    pending: signal.Signals | None = None
+
+
+def handle_stop_signals() -> None:
+    """SIGINT raises KeyboardInterrupt and SIGTERM `Interrupted`, or only ask to stop within
+    `deferred_stop`. A SIGINT the process was started ignoring stays ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+
+def _raise_for(signum: signal.Signals) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(signum.name)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    sig = signal.Signals(signum)
+    if not _Signals.deferring or _Signals.pending is not None:
+        _raise_for(sig)  # outside training, or asked twice: stop now
+    _Signals.pending = sig
+    os.write(2, f"\n{sig.name}: stopping at the end of this step (send it again to stop now)\n".encode())
+
+
+def stop_requested() -> bool:
+    """Whether a signal asked the stage to stop while stops were deferred."""
+    return _Signals.pending is not None
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM only ask to stop (see `stop_requested`); it raises
+    at its end, as the signal would have.
+
+    An exception thrown into TensorFlow while it trains (its input pipeline's threads running)
+    now and then corrupts its heap, and the process aborts before it can clean up. Training
+    polls `stop_requested` between steps and ends the way early stopping does.
+    """
+    _Signals.deferring, _Signals.pending = True, None
+    try:
+        yield
+    finally:
+        _Signals.deferring = False
+    if _Signals.pending is not None:
+        _raise_for(_Signals.pending)
 
 
 def _exit(code: int) -> None:

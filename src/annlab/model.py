@@ -9,6 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from annlab import cli
 from annlab.errors import UserError
 from annlab.params import ModelParams, OptimizersParams, Params
 from annlab.speed import Speed
@@ -121,6 +122,14 @@ def compiled_model(
     return model
 
 
+class StopWhenAsked(keras.callbacks.Callback):
+    """End training, as early stopping does, at the first step after a signal asked to stop."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if cli.stop_requested():
+            self.model.stop_training = True
+
+
 def fit(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
@@ -135,17 +144,19 @@ def fit(
     Shuffled each epoch by Keras (from the seed `seed_everything` set), as in the tutorial.
     Validation runs in batches of VALIDATION_BATCH: it only predicts, so the batch size does
     not change what is learned, and 313 batches of 32 (MNIST's test set) cost more than 10.
+    SIGINT and SIGTERM end it after the current step (an epoch, by default) and are raised then.
     """
-    history: Any = model.fit(
-        *train,
-        validation_data=val,
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle=True,
-        validation_batch_size=max(batch_size, VALIDATION_BATCH),
-        verbose=verbose,
-        callbacks=callbacks or [],
-    )
+    with cli.deferred_stop():  # Ctrl-C ends training between steps; raised once fit has returned
+        history: Any = model.fit(
+            *train,
+            validation_data=val,
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=True,
+            validation_batch_size=max(batch_size, VALIDATION_BATCH),
+            verbose=verbose,
+            callbacks=[StopWhenAsked(), *(callbacks or [])],
+        )
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 

@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             self.flushed = time.monotonic()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            if cli.stop_requested():
+                return  # the epoch a signal came in, which may be cut short (the run ends KILLED)
             logs = {k: float(v) for k, v in (logs or {}).items()}
             now_ms = int(time.time() * 1000)
             self.pending += [Metric(k, v, now_ms, epoch + 1) for k, v in logs.items()]
