@@ -1,0 +1,241 @@
+"""Probes of the training step's cost, behind the README's "what else was tried" table.
+
+Each variant trains the benchmark's 784-128-64-10 MLP (batch 32, Adam, seed 42) on 60,000
+synthetic MNIST-shaped images (by default), prints its seconds per epoch (median of epochs 2 onwards) and
+whether its final weights are bit-identical to plain Keras `fit`. Not part of `make bench`:
+
+    .venv/bin/python benchmarks/train_step_probes.py [variant ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+BATCH, SEED = 32, 42
+SHAPES = [(784, 128), (128,), (128, 64), (64,), (64, 10), (10,)]
+
+
+def data(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((n, 784), dtype=np.float32), np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)]
+
+
+def mlp() -> keras.Model:
+    keras.utils.set_random_seed(SEED)
+    return keras.Sequential(
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+def fused_adam(opt: keras.optimizers.Adam) -> None:
+    """TensorFlow's one-kernel Adam update per weight (it rounds 1 - beta in float32)."""
+
+    def handle(v: object) -> object:
+        return v.handle if hasattr(v, "handle") else v.value.handle
+
+    def update_step(gradient: tf.Tensor, variable: tf.Variable, learning_rate: tf.Tensor) -> None:
+        dtype = variable.dtype
+        step = tf.cast(opt.iterations + 1, dtype)
+        i = opt._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=handle(variable),
+            m=handle(opt._momentums[i]),
+            v=handle(opt._velocities[i]),
+            beta1_power=tf.pow(tf.cast(opt.beta_1, dtype), step),
+            beta2_power=tf.pow(tf.cast(opt.beta_2, dtype), step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=tf.cast(opt.beta_1, dtype),
+            beta2=tf.cast(opt.beta_2, dtype),
+            epsilon=tf.cast(opt.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+        )
+
+    opt.update_step = update_step
+
+
+def hoisted_adam(opt: keras.optimizers.Adam) -> None:
+    """Keras' Adam arithmetic, its step-size scalar computed once per step, not per weight."""
+
+    def backend_update_step(grads: list, variables: list, learning_rate: tf.Tensor) -> None:
+        dtype = variables[0].dtype
+        step = ops.cast(opt.iterations + 1, dtype)
+        beta_1_power = ops.power(ops.cast(opt.beta_1, dtype), step)
+        beta_2_power = ops.power(ops.cast(opt.beta_2, dtype), step)
+        alpha = ops.cast(learning_rate, dtype) * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        for g, variable in zip(grads, variables, strict=True):
+            g = ops.cast(g, dtype)
+            i = opt._get_variable_index(variable)
+            m, v = opt._momentums[i], opt._velocities[i]
+            opt.assign_add(m, ops.multiply(ops.subtract(g, m), 1 - opt.beta_1))
+            opt.assign_add(v, ops.multiply(ops.subtract(ops.square(g), v), 1 - opt.beta_2))
+            opt.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), opt.epsilon)))
+
+    opt._backend_update_step = backend_update_step
+
+
+def no_step_metrics(model: keras.Model) -> None:
+    """No metric results per step: `fit` recomputes them from the metrics' state at the epoch's end."""
+    step = type(model).train_step
+
+    def train_step(batch: tuple) -> dict:
+        return {name: tf.zeros(()) for name in step(model, batch)}
+
+    model.train_step = train_step
+
+
+def keras_fit(
+    setup: Callable[[keras.Model, keras.optimizers.Adam], None], epochs: int, n: int
+) -> tuple[list, np.ndarray]:
+    x, y = data(n)
+    model, opt = mlp(), keras.optimizers.Adam()
+    setup(model, opt)
+    model.compile(
+        optimizer=opt,
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=-(-n // BATCH),
+    )
+    seconds: list[float] = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            seconds.append(time.perf_counter() - self.started)
+
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0, callbacks=[Clock()])
+    return seconds, np.concatenate([w.ravel() for w in model.get_weights()])
+
+
+def own_loop(epochs: int, n: int) -> tuple[list, None]:
+    """Keras' own train_step in a hand-written loop over batches shuffled in NumPy (no tf.data)."""
+    x, y = data(n)
+    model = mlp()
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    n_batches = n // BATCH
+
+    @tf.function
+    def epoch(xb: tf.Tensor, yb: tf.Tensor) -> None:
+        def body(i: tf.Tensor) -> tuple[tf.Tensor]:
+            model.train_step((xb[i], yb[i]))
+            return (i + 1,)
+
+        tf.while_loop(lambda i: i < n_batches, body, (tf.constant(0),))
+
+    seconds = []
+    for e in range(epochs):
+        started = time.perf_counter()
+        order = np.random.default_rng(e).permutation(n)[: n_batches * BATCH]
+        epoch(
+            tf.constant(x[order].reshape(n_batches, BATCH, 784)),
+            tf.constant(y[order].reshape(n_batches, BATCH, 10)),
+        )
+        seconds.append(time.perf_counter() - started)
+    return seconds, None
+
+
+def plain_tf(epochs: int, n: int) -> tuple[list, None]:
+    """The same math written out in TensorFlow, no Keras, no metrics: the graph executor's floor."""
+    x, y = data(n)
+    n_batches = n // BATCH
+    xb = tf.constant(x[: n_batches * BATCH].reshape(n_batches, BATCH, 784))
+    yb = tf.constant(y[: n_batches * BATCH].reshape(n_batches, BATCH, 10))
+    rng = np.random.default_rng(SEED)
+    weights = [tf.Variable(rng.normal(size=s).astype(np.float32) * 0.05) for s in SHAPES]
+    ms, vs = [tf.Variable(tf.zeros(s)) for s in SHAPES], [tf.Variable(tf.zeros(s)) for s in SHAPES]
+    iterations = tf.Variable(0.0)
+
+    @tf.function
+    def epoch() -> None:
+        def body(i: tf.Tensor) -> tuple[tf.Tensor]:
+            w0, b0, w1, b1, w2, b2 = weights
+            with tf.GradientTape() as tape:
+                h = tf.nn.relu(tf.nn.relu(xb[i] @ w0 + b0) @ w1 + b1)
+                loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb[i], h @ w2 + b2))
+            grads = tape.gradient(loss, weights)
+            t = iterations + 1.0
+            iterations.assign(t)
+            alpha = 0.001 * tf.sqrt(1 - tf.pow(0.999, t)) / (1 - tf.pow(0.9, t))
+            for g, w, m, v in zip(grads, weights, ms, vs, strict=True):
+                m.assign_add((g - m) * 0.1)
+                v.assign_add((tf.square(g) - v) * 0.001)
+                w.assign_sub(m * alpha / (tf.sqrt(v) + 1e-7))
+            return (i + 1,)
+
+        tf.while_loop(lambda i: i < n_batches, body, (tf.constant(0),))
+
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        epoch()
+        seconds.append(time.perf_counter() - started)
+    return seconds, None
+
+
+VARIANTS: dict[str, Callable[[int, int], tuple[list, np.ndarray | None]]] = {
+    "keras": lambda e, n: keras_fit(lambda m, o: None, e, n),
+    "fused-adam": lambda e, n: keras_fit(lambda m, o: fused_adam(o), e, n),
+    "hoisted-adam": lambda e, n: keras_fit(lambda m, o: hoisted_adam(o), e, n),
+    "hoisted-adam-no-step-metrics": lambda e, n: keras_fit(
+        lambda m, o: (hoisted_adam(o), no_step_metrics(m)), e, n
+    ),
+    "own-loop": own_loop,
+    "plain-tf": plain_tf,
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("variants", nargs="*", help=f"any of {', '.join(VARIANTS)} (default: all)")
+    p.add_argument("--epochs", type=int, default=4, help="per run; the first (tracing) is not counted")
+    p.add_argument("--samples", type=int, default=60_000, help="training images (MNIST: 60,000)")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each variant, interleaved")
+    p.add_argument("--inter-op-threads", type=int, default=2, help="annlab's default: 2")
+    args = p.parse_args()
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; allowed: {', '.join(VARIANTS)}")
+    names = args.variants or list(VARIANTS)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    # The machine's speed drifts over minutes: the variants take turns, so a slow spell hits all.
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    same: dict[str, set[bool]] = {name: set() for name in names}
+    reference = None
+    for _ in range(args.rounds):
+        for name in names:
+            epochs, weights = VARIANTS[name](args.epochs, args.samples)
+            seconds[name] += epochs[1:]
+            if name == "keras":
+                reference = weights
+            if weights is not None and reference is not None:
+                same[name].add(bool(np.array_equal(weights, reference)))
+    print(
+        f"s per epoch, median (min-max) of {args.rounds} runs x {args.epochs - 1} epochs; "
+        f"{args.inter_op_threads} inter-op thread(s)"
+    )
+    for name in names:
+        s = seconds[name]
+        bits = "n/a" if not same[name] else ("yes" if same[name] == {True} else "no")
+        print(f"{name}: {np.median(s):.2f} ({min(s):.2f}-{max(s):.2f}); same bits as keras: {bits}")
+
+
+if __name__ == "__main__":
+    main()
