@@ -405,16 +405,17 @@ def stop_signals() -> Iterator[None]:
     from annlab import cli
 
     saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when pytest runs in the background
     cli.handle_stop_signals()
     yield
     signal.signal(signal.SIGINT, saved[0])
     signal.signal(signal.SIGTERM, saved[1])
 
 
-def _fit_signalling_self(signals_at: dict[int, list[signal.Signals]], ended: list[int]) -> None:
+def _fit_signalling_self(signals: dict[tuple[str, int], list[signal.Signals]], ended: list[int]) -> None:
     """Train a tiny network (100 epochs of 8 steps, one step per call) with annlab's fit, sending
-    this process the given signals after the given steps (counted from 0 over the whole
-    training); `ended` gets the epochs (from 0) that ended."""
+    this process the given signals after ("step", n) (counted from 0 over the whole training)
+    or at the end of ("epoch", n) (from 0); `ended` gets the epochs (from 0) that ended."""
     import keras
     import numpy as np
 
@@ -424,12 +425,14 @@ def _fit_signalling_self(signals_at: dict[int, list[signal.Signals]], ended: lis
         step = 0
 
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            for sig in signals_at.get(self.step, []):
+            for sig in signals.get(("step", self.step), []):
                 os.kill(os.getpid(), sig)
             self.step += 1
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             ended.append(epoch)
+            for sig in signals.get(("epoch", epoch), []):
+                os.kill(os.getpid(), sig)
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 4)).astype("float32"), np.eye(2)[rng.integers(0, 2, 64)]
@@ -448,20 +451,48 @@ def test_a_signal_during_training_ends_it_after_the_step_then_raises(
 ) -> None:
     """An exception thrown into TensorFlow mid-training can corrupt its heap (the process then
     aborts, its temporary outputs left behind): training stops between steps instead."""
+    from annlab import cli
+
     ended: list[int] = []
     with pytest.raises(raised):
-        _fit_signalling_self({20: [signum]}, ended)  # step 20: in the third epoch (0, 1, 2)
+        _fit_signalling_self({("step", 20): [signum]}, ended)  # step 20: in the third epoch
     # Training ended with the third epoch, mid-way, not at the end of 100: the step after the
     # signal saw it, and fit returned before the signal was raised.
     assert ended == [0, 1, 2]
+    assert not cli.stop_requested()  # raised, so no longer pending
 
-    # Asked twice, it stops at once, from within the step (the user's choice to risk it).
+    # One that comes at an epoch's end (during validation or a callback's work) ends training there.
     ended.clear()
     with pytest.raises(raised):
-        _fit_signalling_self({20: [signum, signum]}, ended)
-    assert ended == [0, 1]
+        _fit_signalling_self({("epoch", 4): [signum]}, ended)
+    assert ended == [0, 1, 2, 3, 4]
 
     # Outside training a signal raises at once, as Python's own SIGINT handler does.
     with pytest.raises(raised):
         os.kill(os.getpid(), signum)
         time.sleep(5)
+
+
+def test_a_second_signal_stops_training_at_once() -> None:
+    """Sent twice, a signal raises from within the step: in a process of its own, since that is
+    the risky way out of TensorFlow that a single signal avoids."""
+    code = (
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from annlab import cli\n"
+        "from annlab.errors import Interrupted\n"
+        "from test_faults import _fit_signalling_self\n"
+        "cli.handle_stop_signals()\n"
+        "ended = []\n"
+        "try:\n"
+        "    _fit_signalling_self({('step', 20): [signal.SIGTERM, signal.SIGTERM]}, ended)\n"
+        "except Interrupted:\n"
+        "    print('ended', ended, 'pending', cli.stop_requested(), flush=True)\n"
+        "    os._exit(0)\n"
+        "print('not interrupted', ended, flush=True)\n"
+        "os._exit(1)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    # The first signal asked to stop after step 20; the second, at once: epoch 2 never ended.
+    assert "ended [0, 1] pending False" in proc.stdout

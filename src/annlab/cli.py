@@ -73,8 +73,9 @@ class _Signals:
 
 
 def handle_stop_signals() -> None:
-    """SIGINT raises KeyboardInterrupt and SIGTERM `Interrupted`, or only ask to stop within
-    `deferred_stop`. A SIGINT the process was started ignoring stays ignored."""
+    """Install annlab's handlers: SIGINT raises KeyboardInterrupt and SIGTERM `Interrupted`, or,
+    within `deferred_stop`, only asks to stop. A SIGINT the process was started ignoring (a
+    background job's) stays ignored."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -91,7 +92,7 @@ def _on_signal(signum: int, frame: Any) -> None:
     if not _Signals.deferring or _Signals.pending is not None:
         _raise_for(sig)  # outside training, or asked twice: stop now
     _Signals.pending = sig
-    os.write(2, f"\n{sig.name}: stopping at the end of this step (send it again to stop now)\n".encode())
+    os.write(2, f"\n{sig.name}: stopping after this training step (send it again to stop now)\n".encode())
 
 
 def stop_requested() -> bool:
@@ -108,13 +109,15 @@ def deferred_stop() -> Iterator[None]:
     now and then corrupts its heap, and the process aborts before it can clean up. Training
     polls `stop_requested` between steps and ends the way early stopping does.
     """
-    _Signals.deferring, _Signals.pending = True, None
+    _Signals.pending = None
+    _Signals.deferring = True
     try:
         yield
     finally:
         _Signals.deferring = False
-    if _Signals.pending is not None:
-        _raise_for(_Signals.pending)
+        pending, _Signals.pending = _Signals.pending, None
+    if pending is not None:
+        _raise_for(pending)
 
 
 def _exit(code: int) -> None:

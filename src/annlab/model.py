@@ -123,9 +123,14 @@ def compiled_model(
 
 
 class StopWhenAsked(keras.callbacks.Callback):
-    """End training, as early stopping does, at the first step after a signal asked to stop."""
+    """End training, as early stopping does, at the first step or epoch end after a signal
+    asked to stop (one that came during validation or a callback's work is seen there)."""
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if cli.stop_requested():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if cli.stop_requested():
             self.model.stop_training = True
 
@@ -144,7 +149,8 @@ def fit(
     Shuffled each epoch by Keras (from the seed `seed_everything` set), as in the tutorial.
     Validation runs in batches of VALIDATION_BATCH: it only predicts, so the batch size does
     not change what is learned, and 313 batches of 32 (MNIST's test set) cost more than 10.
-    SIGINT and SIGTERM end it after the current step (an epoch, by default) and are raised then.
+    Under `cli.run` (every stage), SIGINT and SIGTERM end it after the current step (an epoch,
+    by default) and that epoch's validation, and are raised then.
     """
     with cli.deferred_stop():  # Ctrl-C ends training between steps; raised once fit has returned
         history: Any = model.fit(
@@ -155,7 +161,7 @@ def fit(
             shuffle=True,
             validation_batch_size=max(batch_size, VALIDATION_BATCH),
             verbose=verbose,
-            callbacks=[StopWhenAsked(), *(callbacks or [])],
+            callbacks=[*(callbacks or []), StopWhenAsked()],  # last: sees what came during the others
         )
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 

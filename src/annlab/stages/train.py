@@ -111,10 +111,14 @@ def main(argv: list[str] | None = None) -> None:
         def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
             self.pending: list[Metric] = []
             self.flushed = time.monotonic()
+            self.steps_done = 0
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            self.steps_done = batch + 1  # Keras passes the last batch of the step
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            if cli.stop_requested():
-                return  # the epoch a signal came in, which may be cut short (the run ends KILLED)
+            if cli.stop_requested() and self.steps_done < (self.params.get("steps") or 0):
+                return  # a signal cut this epoch short: its metrics are not an epoch's (run KILLED)
             logs = {k: float(v) for k, v in (logs or {}).items()}
             now_ms = int(time.time() * 1000)
             self.pending += [Metric(k, v, now_ms, epoch + 1) for k, v in logs.items()]
