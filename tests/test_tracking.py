@@ -90,6 +90,42 @@ def test_cell_runs_are_children_of_one_grid_run_and_reruns_replace_them() -> Non
     )
 
 
+def test_the_report_merges_grid_runs_that_two_machines_created() -> None:
+    from mlflow.tracking import MlflowClient
+
+    exp_id = tracking.experiment_id("demo")
+    grid = {tracking.GRID_TAG: "g1", tracking.ROLE_TAG: "grid"}
+    # Two machines' first cells each created the parent (the lock covers one machine only).
+    first, second = (
+        MlflowClient().create_run(exp_id, run_name="grid", tags=grid, start_time=t).info.run_id
+        for t in (2000, 1000)
+    )
+    for parent, key in ((first, "k1"), (second, "k2")):
+        with tracking.start_cell_run(tracking.Link(), exp_id, key, key, parent, {}):
+            pass
+    # A cell joins the oldest and leaves the rest alone: other cells may still be training.
+    assert tracking.grid_run(exp_id, "g1", "grid", {}) == second
+    assert len(tracking.find_runs(exp_id, grid)) == 2
+    # The report, after every cell, keeps the oldest with every cell under it.
+    assert tracking.grid_run(exp_id, "g1", "grid", {}, merge=True) == second
+    assert [r.info.run_id for r in tracking.find_runs(exp_id, grid)] == [second]
+    children = MlflowClient().search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{second}'")
+    assert sorted(r.info.run_name for r in children) == ["k1", "k2"]
+
+
+def test_stages_on_one_machine_share_a_lock_per_tracking_server() -> None:
+    import filelock
+
+    uri = "http://annlab:s3cret@127.0.0.1:5000"
+    with tracking._store_lock(uri) as held:
+        assert "s3cret" not in str(held.lock_file)
+        with pytest.raises(filelock.Timeout):
+            tracking._store_lock(uri).acquire(timeout=0)
+        other = tracking._store_lock("http://127.0.0.1:5001")
+        other.acquire(timeout=0)
+        other.release()
+
+
 def test_run_names_carry_the_seed_only_when_there_are_several() -> None:
     assert tracking.cell_run_name("ann-adam-relu", 42, [42]) == "ann-adam-relu"
     assert tracking.cell_run_name("ann-adam-relu", 2, [1, 2]) == "ann-adam-relu seed=2"

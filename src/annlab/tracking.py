@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -146,19 +147,22 @@ def git_commit(cwd: Path | None = None) -> str:
 
 
 def _store_lock(uri: str) -> contextlib.AbstractContextManager[object]:
-    """For a SQLite store, an inter-process lock on it (else nothing).
+    """An inter-process lock on the store, for the stages of this machine.
 
     MLflow creates and migrates a new database on first use; two stages doing that at once
     (parallel queued experiments) leave it broken, so the first use is serialized, as is the
-    creation of a grid's parent run.
+    creation of a grid's parent run. A SQLite store's lock sits next to it; a tracking
+    server's, one per server and user, in the temporary directory (stages on other machines
+    are not covered: `grid_run(merge=True)` mends what they race).
     """
-    if not uri.startswith(SQLITE):
-        return contextlib.nullcontext()
     from filelock import FileLock
 
-    db = Path(uri.removeprefix(SQLITE))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(f"{db}.lock", timeout=300)
+    if uri.startswith(SQLITE):
+        db = Path(uri.removeprefix(SQLITE))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(f"{db}.lock", timeout=300)
+    name = hashlib.sha256(redact(uri).encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"annlab-{os.getuid()}-{name}.lock", timeout=300)
 
 
 def code_version(cwd: Path | None = None) -> str:
@@ -288,7 +292,7 @@ def experiment_id(name: str) -> str:
         try:
             return client.create_experiment(name, artifact_location=location, tags={KIND_TAG: MODEL_TRAINING})
         except mlflow.exceptions.MlflowException:
-            # Another stage created it first (a tracking server is not covered by the lock).
+            # A stage on another machine created it first (the lock covers this one only).
             return client.get_experiment_by_name(name).experiment_id
 
 
@@ -298,18 +302,27 @@ def find_runs(exp_id: str, filters: dict[str, str]) -> list[Run]:
     return MlflowClient().search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"])
 
 
-def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str]) -> str:
+def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str], merge: bool = False) -> str:
     """The id of the grid's parent run, created (RUNNING until the report ends it) if missing.
 
     Cells that train side by side (`make repro JOBS=2`) would each create one: the store's
-    lock makes the second find the first's.
+    lock makes the second find the first's. Cells on other machines sharing a tracking server
+    are not covered by the lock and may each create one; with `merge` (the report, which runs
+    after every cell), the oldest is kept, the others' runs are moved under it and the others
+    are deleted, so the UI shows one grid.
     """
+    client = MlflowClient()
     with _store_lock(mlflow.get_tracking_uri()):
         found = find_runs(exp_id, {GRID_TAG: grid_id, ROLE_TAG: "grid"})
-        if found:
-            return found[-1].info.run_id  # the oldest, should a tracking server have let two race
-        tags = {GRID_TAG: grid_id, ROLE_TAG: "grid", **tags}
-        return MlflowClient().create_run(exp_id, run_name=name, tags=tags).info.run_id
+        if not found:
+            tags = {GRID_TAG: grid_id, ROLE_TAG: "grid", **tags}
+            return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    keep, *extra = sorted(found, key=lambda r: (r.info.start_time, r.info.run_id))
+    for dup in extra if merge else []:
+        for child in find_runs(exp_id, {PARENT_TAG: dup.info.run_id}):
+            client.set_tag(child.info.run_id, PARENT_TAG, keep.info.run_id)
+        client.delete_run(dup.info.run_id)
+    return keep.info.run_id
 
 
 @contextlib.contextmanager

@@ -99,7 +99,9 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
     exp_id = tracking.experiment_id(params.mlflow.experiment)  # sets the store: before any client
     client = MlflowClient()
     grid_id = params.grid_id()
-    parent_id = tracking.grid_run(exp_id, grid_id, tracking.grid_name(params), tracking.grid_tags(params))
+    parent_id = tracking.grid_run(
+        exp_id, grid_id, tracking.grid_name(params), tracking.grid_tags(params), merge=True
+    )
     info = io.read_json(out.data_dir / "dataset.json")
     x_test, y_test = io.load_array(out.data_dir, "x_test"), io.load_array(out.data_dir, "y_test")
     test_set = mlflow.data.from_numpy(x_test, targets=y_test, name=f"{info['dataset']}-testing")
