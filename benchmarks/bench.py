@@ -46,13 +46,23 @@ def synthetic_mnist(path: Path, n_train: int, n_test: int, seed: int = 0) -> Non
     np.savez(path, **arrays)
 
 
+def annlab_mlp_model(n_train: int, seed: int, speed: Any) -> Any:
+    """The tutorial's 784-128-64-10 MLP as annlab builds and compiles it (Adam, ReLU, batch 32),
+    seeded; `speed` is an `annlab.speed.Speed`."""
+    from annlab import model as annmodel
+    from annlab.params import Params
+
+    params = Params.model_validate({"model": {"hidden_units": [128, 64]}, "train": {"batch_size": 32}})
+    annmodel.seed_everything(seed)
+    return annmodel.compiled_model(params.for_cell("ann", "adam", "relu"), (28, 28), 10, speed, n_train)
+
+
 def annlab_mlp(data_path: str, epochs: int, seed: int) -> None:
     """annlab's training of the tutorial's MLP (what the train stage runs), as JSON on stdout."""
     import keras
 
     from annlab import model as annmodel
     from annlab.metrics import one_hot
-    from annlab.params import Params
     from annlab.speed import Speed
 
     speed = Speed.from_env()
@@ -61,11 +71,7 @@ def annlab_mlp(data_path: str, epochs: int, seed: int) -> None:
         # preprocess's minmax scaling: float32 in [0, 1]
         x, xt = (f[k].reshape(len(f[k]), -1).astype(np.float32) / 255 for k in ("x_train", "x_test"))
         y, yt = one_hot(f["y_train"], 10), one_hot(f["y_test"], 10)
-    params = Params.model_validate(
-        {"model": {"hidden_units": [128, 64]}, "train": {"epochs": epochs, "batch_size": 32}}
-    ).for_cell("ann", "adam", "relu")
-    annmodel.seed_everything(seed)
-    model = annmodel.compiled_model(params, (28, 28), 10, speed, len(x))
+    model = annlab_mlp_model(len(x), seed, speed)
     seconds: list[float] = []
 
     class EpochTimer(keras.callbacks.Callback):

@@ -19,9 +19,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import tensorflow as tf
+from bench import SEED, annlab_mlp_model, stats
 from keras import ops
 
-BATCH, SEED = 32, 42
+from annlab import model as annmodel
+from annlab.speed import Speed
+
+BATCH = 32
 SHAPES = [(784, 128), (128,), (128, 64), (64,), (64, 10), (10,)]
 
 
@@ -29,19 +33,6 @@ def data(n: int) -> tuple[np.ndarray, np.ndarray]:
     """n random MNIST-shaped images and one-hot labels (the same for every variant)."""
     rng = np.random.default_rng(0)
     return rng.random((n, 784), dtype=np.float32), np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)]
-
-
-def mlp() -> keras.Model:
-    """The benchmark's 784-128-64-10 MLP, built from the seed."""
-    keras.utils.set_random_seed(SEED)
-    return keras.Sequential(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
 
 
 def fused_adam(opt: keras.optimizers.Adam) -> None:
@@ -103,17 +94,11 @@ def no_step_metrics(model: keras.Model) -> None:
 def keras_fit(
     setup: Callable[[keras.Model, keras.optimizers.Adam], None], epochs: int, n: int
 ) -> tuple[list, np.ndarray]:
-    """Keras `fit` as annlab runs it (a whole epoch per call), after `setup` changed the model
-    or optimizer; seconds per epoch and the final weights."""
+    """annlab's model and Keras `fit` as annlab runs it (a whole epoch per call), after `setup`
+    changed the model or optimizer; seconds per epoch and the final weights."""
     x, y = data(n)
-    model, opt = mlp(), keras.optimizers.Adam()
-    setup(model, opt)
-    model.compile(
-        optimizer=opt,
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=-(-n // BATCH),
-    )
+    model = annlab_mlp_model(n, SEED, Speed())
+    setup(model, model.optimizer)
     seconds: list[float] = []
 
     class Clock(keras.callbacks.Callback):
@@ -130,8 +115,7 @@ def keras_fit(
 def own_loop(epochs: int, n: int) -> tuple[list, None]:
     """Keras' own train_step in a hand-written loop over batches shuffled in NumPy (no tf.data)."""
     x, y = data(n)
-    model = mlp()
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model = annlab_mlp_model(n, SEED, Speed(steps_per_execution=1))
     model.optimizer.build(model.trainable_variables)
     n_batches = n // BATCH
 
@@ -212,14 +196,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4, help="per run; the first (tracing) is not counted")
     p.add_argument("--samples", type=int, default=60_000, help="training images (MNIST: 60,000)")
     p.add_argument("--rounds", type=int, default=3, help="runs of each variant, interleaved")
-    p.add_argument("--inter-op-threads", type=int, default=2, help="annlab's default: 2")
+    p.add_argument("--inter-op-threads", type=int, default=Speed().inter_op_threads, help="default: annlab's")
     args = p.parse_args()
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}; allowed: {', '.join(VARIANTS)}")
     names = args.variants or list(VARIANTS)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    annmodel.configure(Speed(inter_op_threads=args.inter_op_threads))
     # The machine's speed drifts over minutes: the variants take turns, so a slow spell hits all.
     seconds: dict[str, list[float]] = {name: [] for name in names}
     same: dict[str, set[bool]] = {name: set() for name in names}
@@ -238,9 +221,9 @@ def main() -> None:
         f"{args.inter_op_threads} inter-op thread(s)"
     )
     for name in names:
-        s = seconds[name]
+        s = stats(seconds[name])
         bits = "n/a" if not same[name] else ("yes" if same[name] == {True} else "no")
-        print(f"{name}: {np.median(s):.2f} ({min(s):.2f}-{max(s):.2f}); same bits as keras: {bits}")
+        print(f"{name}: {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}); same bits as keras: {bits}")
 
 
 if __name__ == "__main__":
