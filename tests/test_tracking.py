@@ -101,7 +101,7 @@ def test_the_report_merges_grid_runs_that_two_machines_created() -> None:
         for t in (2000, 1000)
     )
     for parent, key in ((first, "k1"), (second, "k2")):
-        with tracking.start_cell_run(tracking.Link(), exp_id, key, key, parent, {}):
+        with tracking.start_cell_run(tracking.Link(), exp_id, key, key, parent, {tracking.GRID_TAG: "g1"}):
             pass
     # A cell joins the oldest and leaves the rest alone: other cells may still be training.
     assert tracking.grid_run(exp_id, "g1", "grid", {}) == second
@@ -111,16 +111,27 @@ def test_the_report_merges_grid_runs_that_two_machines_created() -> None:
     assert [r.info.run_id for r in tracking.find_runs(exp_id, grid)] == [second]
     children = MlflowClient().search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{second}'")
     assert sorted(r.info.run_name for r in children) == ["k1", "k2"]
+    # A cell still training on the other machine logs under the parent it was given, now
+    # deleted: the next report moves it too.
+    with tracking.start_cell_run(tracking.Link(), exp_id, "k3", "k3", first, {tracking.GRID_TAG: "g1"}):
+        pass
+    assert tracking.grid_run(exp_id, "g1", "grid", {}, merge=True) == second
+    (late,) = tracking.find_runs(exp_id, {tracking.KEY_TAG: "k3"})
+    assert late.data.tags["mlflow.parentRunId"] == second
 
 
-def test_stages_on_one_machine_share_a_lock_per_tracking_server() -> None:
+def test_stages_on_one_machine_share_a_lock_per_tracking_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import filelock
 
-    uri = "http://annlab:s3cret@127.0.0.1:5000"
-    with tracking._store_lock(uri) as held:
-        assert "s3cret" not in str(held.lock_file)
-        with pytest.raises(filelock.Timeout):
-            tracking._store_lock(uri).acquire(timeout=0)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with tracking._store_lock("http://127.0.0.1:5000") as held:
+        assert Path(held.lock_file).parent == tmp_path / "annlab" / "locks"
+        # The same server, however its URI is written, is the same lock.
+        for same in ("http://127.0.0.1:5000/", "http://annlab:s3cret@127.0.0.1:5000"):
+            with pytest.raises(filelock.Timeout):
+                tracking._store_lock(same).acquire(timeout=0)
         other = tracking._store_lock("http://127.0.0.1:5001")
         other.acquire(timeout=0)
         other.release()

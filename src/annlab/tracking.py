@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -152,8 +151,9 @@ def _store_lock(uri: str) -> contextlib.AbstractContextManager[object]:
     MLflow creates and migrates a new database on first use; two stages doing that at once
     (parallel queued experiments) leave it broken, so the first use is serialized, as is the
     creation of a grid's parent run. A SQLite store's lock sits next to it; a tracking
-    server's, one per server and user, in the temporary directory (stages on other machines
-    are not covered: `grid_run(merge=True)` mends what they race).
+    server's, one per server (whatever credentials or trailing slash its URI has), in the
+    user's cache directory. Stages on other machines are not covered: `grid_run(merge=True)`
+    mends what they race.
     """
     from filelock import FileLock
 
@@ -161,8 +161,11 @@ def _store_lock(uri: str) -> contextlib.AbstractContextManager[object]:
         db = Path(uri.removeprefix(SQLITE))
         db.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(f"{db}.lock", timeout=300)
-    name = hashlib.sha256(redact(uri).encode()).hexdigest()[:16]
-    return FileLock(Path(tempfile.gettempdir()) / f"annlab-{os.getuid()}-{name}.lock", timeout=300)
+    parts = urllib.parse.urlsplit(uri)
+    server = f"{parts.scheme}://{parts.hostname}:{parts.port}{parts.path.rstrip('/')}"
+    locks = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "annlab" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(locks / f"{hashlib.sha256(server.encode()).hexdigest()[:16]}.lock", timeout=300)
 
 
 def code_version(cwd: Path | None = None) -> str:
@@ -307,9 +310,10 @@ def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str], merge: 
 
     Cells that train side by side (`make repro JOBS=2`) would each create one: the store's
     lock makes the second find the first's. Cells on other machines sharing a tracking server
-    are not covered by the lock and may each create one; with `merge` (the report, which runs
-    after every cell), the oldest is kept, the others' runs are moved under it and the others
-    are deleted, so the UI shows one grid.
+    are not covered by the lock and may each create one; with `merge` (the report and
+    `annlab sync`), the oldest is kept, every cell run of the grid is put under it and the
+    others are deleted, so the UI shows one grid. A cell still training elsewhere may yet log
+    under a deleted parent: the next report or sync moves it too.
     """
     client = MlflowClient()
     with _store_lock(mlflow.get_tracking_uri()):
@@ -318,10 +322,14 @@ def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str], merge: 
             tags = {GRID_TAG: grid_id, ROLE_TAG: "grid", **tags}
             return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     keep, *extra = sorted(found, key=lambda r: (r.info.start_time, r.info.run_id))
-    for dup in extra if merge else []:
-        for child in find_runs(exp_id, {PARENT_TAG: dup.info.run_id}):
-            client.set_tag(child.info.run_id, PARENT_TAG, keep.info.run_id)
-        client.delete_run(dup.info.run_id)
+    if merge:
+        for child in find_runs(exp_id, {GRID_TAG: grid_id, ROLE_TAG: "cell"}):
+            if child.data.tags.get(PARENT_TAG) != keep.info.run_id:
+                # A rerun may have deleted the child since the search: nothing to move then.
+                with contextlib.suppress(mlflow.exceptions.MlflowException):
+                    client.set_tag(child.info.run_id, PARENT_TAG, keep.info.run_id)
+        for dup in extra:
+            client.delete_run(dup.info.run_id)
     return keep.info.run_id
 
 
