@@ -126,13 +126,11 @@ class StopWhenAsked(keras.callbacks.Callback):
     """End training, as early stopping does, at the first step or epoch end after a signal
     asked to stop (one that came during validation or a callback's work is seen there)."""
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def _stop_if_asked(self, step_or_epoch: int, logs: dict[str, Any] | None = None) -> None:
         if cli.stop_requested():
             self.model.stop_training = True
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if cli.stop_requested():
-            self.model.stop_training = True
+    on_train_batch_end = on_epoch_end = _stop_if_asked
 
 
 def fit(
