@@ -33,9 +33,10 @@ ROOT = HERE.parent
 SEED = 42
 
 
-def synthetic_mnist(path: Path, n_train: int, n_test: int, seed: int = 0) -> None:
+def synthetic_mnist_arrays(n_train: int, n_test: int, seed: int = 0) -> dict[str, np.ndarray]:
     """MNIST-shaped data: 28x28 uint8 images of 10 classes, each a faint class template under
-    uniform noise, so that a 784-128-64-10 MLP learns it to about 90-95 % in a few epochs."""
+    uniform noise, so that a 784-128-64-10 MLP learns it to about 90-95 % in a few epochs;
+    keyed as MNIST's .npz file (x_train, y_train, x_test, y_test)."""
     rng = np.random.default_rng(seed)
     templates = rng.random((10, 28, 28))
     arrays = {}
@@ -43,7 +44,12 @@ def synthetic_mnist(path: Path, n_train: int, n_test: int, seed: int = 0) -> Non
         y = rng.integers(0, 10, n)
         x = 0.12 * templates[y] + 0.88 * rng.random((n, 28, 28))
         arrays[f"x_{split}"], arrays[f"y_{split}"] = (x * 255).astype(np.uint8), y.astype(np.uint8)
-    np.savez(path, **arrays)
+    return arrays
+
+
+def synthetic_mnist(path: Path, n_train: int, n_test: int, seed: int = 0) -> None:
+    """`synthetic_mnist_arrays`, written to an .npz file at `path`."""
+    np.savez(path, **synthetic_mnist_arrays(n_train, n_test, seed))
 
 
 def annlab_mlp_model(n_train: int, seed: int, speed: Any) -> Any:

@@ -1,10 +1,12 @@
 """Probes of the training step's cost, behind the README's "what else was tried" table.
 
-Each variant trains the benchmark's 784-128-64-10 MLP (batch 32, Adam, seed 42) on 60,000
-synthetic MNIST-shaped images (by default), prints its seconds per epoch (median of epochs 2 onwards) and
-whether its final weights are bit-identical to plain Keras `fit`. Not part of `make bench`:
+Each variant trains the benchmark's 784-128-64-10 MLP (batch 32, Adam, seed 42 unless --seed)
+on the benchmark's 60,000 synthetic MNIST-shaped images (by default), prints its seconds per
+epoch (median of epochs 2 onwards), whether its final weights are bit-identical to plain Keras
+`fit`, and its final accuracy on 10,000 held-out images (a sixth of --samples), which shows
+how far a variant that rounds differently drifts from Keras. Not part of `make bench`:
 
-    .venv/bin/python benchmarks/train_step_probes.py [variant ...]
+    .venv/bin/python benchmarks/train_step_probes.py [variant ...] [--seed N]
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
 import tensorflow as tf
-from bench import SEED, annlab_mlp_model, stats
+from bench import SEED, annlab_mlp_model, stats, synthetic_mnist_arrays
 from keras import ops
 
 from annlab import model as annmodel
@@ -29,10 +32,22 @@ BATCH = 32
 SHAPES = [(784, 128), (128,), (128, 64), (64,), (64, 10), (10,)]
 
 
-def data(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """n random MNIST-shaped images and one-hot labels (the same for every variant)."""
-    rng = np.random.default_rng(0)
-    return rng.random((n, 784), dtype=np.float32), np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)]
+class Run(NamedTuple):
+    """What every variant trains on: epochs, the seed of its weights and shuffling, and
+    (x, y, x_test, y_test) with images scaled to [0, 1] and one-hot labels."""
+
+    epochs: int
+    seed: int
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def data(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """n of the benchmark's synthetic MNIST-shaped images for training and n // 6 held out,
+    scaled as annlab's preprocess does, with one-hot labels (the same for every variant)."""
+    arrays = synthetic_mnist_arrays(n, max(1, n // 6))
+    x, xt = (arrays[k].reshape(len(arrays[k]), -1).astype(np.float32) / 255 for k in ("x_train", "x_test"))
+    y, yt = (np.eye(10, dtype=np.float32)[arrays[k]] for k in ("y_train", "y_test"))
+    return x, y, xt, yt
 
 
 def fused_adam(opt: keras.optimizers.Adam) -> None:
@@ -91,13 +106,19 @@ def no_step_metrics(model: keras.Model) -> None:
     model.train_step = train_step
 
 
+def unrolled(model: keras.Model, steps: int = 8) -> None:
+    """Keras' TensorFlow trainer runs `steps` train steps per iteration of its in-graph loop
+    over the epoch, not one (its own, undocumented `unrolled_steps_per_execution`)."""
+    model.unrolled_steps_per_execution = steps
+
+
 def keras_fit(
-    setup: Callable[[keras.Model, keras.optimizers.Adam], None], epochs: int, n: int
-) -> tuple[list, np.ndarray]:
+    setup: Callable[[keras.Model, keras.optimizers.Adam], None], run: Run
+) -> tuple[list, np.ndarray, float]:
     """annlab's model and Keras `fit` as annlab runs it (a whole epoch per call), after `setup`
-    changed the model or optimizer; seconds per epoch and the final weights."""
-    x, y = data(n)
-    model = annlab_mlp_model(n, SEED, Speed())
+    changed the model or optimizer; seconds per epoch, the final weights and test accuracy."""
+    x, y, xt, yt = run.data
+    model = annlab_mlp_model(len(x), run.seed, Speed())
     setup(model, model.optimizer)
     seconds: list[float] = []
 
@@ -108,14 +129,16 @@ def keras_fit(
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             seconds.append(time.perf_counter() - self.started)
 
-    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0, callbacks=[Clock()])
-    return seconds, np.concatenate([w.ravel() for w in model.get_weights()])
+    model.fit(x, y, batch_size=BATCH, epochs=run.epochs, shuffle=True, verbose=0, callbacks=[Clock()])
+    _, accuracy = model.evaluate(xt, yt, batch_size=1024, verbose=0)
+    return seconds, np.concatenate([w.ravel() for w in model.get_weights()]), float(accuracy)
 
 
-def own_loop(epochs: int, n: int) -> tuple[list, None]:
+def own_loop(run: Run) -> tuple[list, None, None]:
     """Keras' own train_step in a hand-written loop over batches shuffled in NumPy (no tf.data)."""
-    x, y = data(n)
-    model = annlab_mlp_model(n, SEED, Speed(steps_per_execution=1))
+    x, y, _, _ = run.data
+    n = len(x)
+    model = annlab_mlp_model(n, run.seed, Speed(steps_per_execution=1))
     model.optimizer.build(model.trainable_variables)
     n_batches = n // BATCH
 
@@ -128,7 +151,7 @@ def own_loop(epochs: int, n: int) -> tuple[list, None]:
         tf.while_loop(lambda i: i < n_batches, body, (tf.constant(0),))
 
     seconds = []
-    for e in range(epochs):
+    for e in range(run.epochs):
         started = time.perf_counter()
         order = np.random.default_rng(e).permutation(n)[: n_batches * BATCH]
         epoch(
@@ -136,16 +159,16 @@ def own_loop(epochs: int, n: int) -> tuple[list, None]:
             tf.constant(y[order].reshape(n_batches, BATCH, 10)),
         )
         seconds.append(time.perf_counter() - started)
-    return seconds, None
+    return seconds, None, None
 
 
-def plain_tf(epochs: int, n: int) -> tuple[list, None]:
+def plain_tf(run: Run) -> tuple[list, None, None]:
     """The same math written out in TensorFlow, no Keras, no metrics: the graph executor's floor."""
-    x, y = data(n)
-    n_batches = n // BATCH
+    x, y, _, _ = run.data
+    n_batches = len(x) // BATCH
     xb = tf.constant(x[: n_batches * BATCH].reshape(n_batches, BATCH, 784))
     yb = tf.constant(y[: n_batches * BATCH].reshape(n_batches, BATCH, 10))
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(run.seed)
     weights = [tf.Variable(rng.normal(size=s).astype(np.float32) * 0.05) for s in SHAPES]
     ms, vs = [tf.Variable(tf.zeros(s)) for s in SHAPES], [tf.Variable(tf.zeros(s)) for s in SHAPES]
     iterations = tf.Variable(0.0)
@@ -170,20 +193,21 @@ def plain_tf(epochs: int, n: int) -> tuple[list, None]:
         tf.while_loop(lambda i: i < n_batches, body, (tf.constant(0),))
 
     seconds = []
-    for _ in range(epochs):
+    for _ in range(run.epochs):
         started = time.perf_counter()
         epoch()
         seconds.append(time.perf_counter() - started)
-    return seconds, None
+    return seconds, None, None
 
 
-VARIANTS: dict[str, Callable[[int, int], tuple[list, np.ndarray | None]]] = {
-    "keras": lambda e, n: keras_fit(lambda m, o: None, e, n),
-    "fused-adam": lambda e, n: keras_fit(lambda m, o: fused_adam(o), e, n),
-    "hoisted-adam": lambda e, n: keras_fit(lambda m, o: hoisted_adam(o), e, n),
-    "hoisted-adam-no-step-metrics": lambda e, n: keras_fit(
-        lambda m, o: (hoisted_adam(o), no_step_metrics(m)), e, n
+VARIANTS: dict[str, Callable[[Run], tuple[list, np.ndarray | None, float | None]]] = {
+    "keras": lambda run: keras_fit(lambda m, o: None, run),
+    "fused-adam": lambda run: keras_fit(lambda m, o: fused_adam(o), run),
+    "hoisted-adam": lambda run: keras_fit(lambda m, o: hoisted_adam(o), run),
+    "hoisted-adam-no-step-metrics": lambda run: keras_fit(
+        lambda m, o: (hoisted_adam(o), no_step_metrics(m)), run
     ),
+    "unrolled-8": lambda run: keras_fit(lambda m, o: unrolled(m), run),
     "own-loop": own_loop,
     "plain-tf": plain_tf,
 }
@@ -196,6 +220,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4, help="per run; the first (tracing) is not counted")
     p.add_argument("--samples", type=int, default=60_000, help="training images (MNIST: 60,000)")
     p.add_argument("--rounds", type=int, default=3, help="runs of each variant, interleaved")
+    p.add_argument(
+        "--seed", type=int, default=SEED, help="of the weights and the shuffling (default: the benchmark's)"
+    )
     p.add_argument("--inter-op-threads", type=int, default=Speed().inter_op_threads, help="default: annlab's")
     args = p.parse_args()
     unknown = sorted(set(args.variants) - set(VARIANTS))
@@ -203,14 +230,17 @@ def main() -> None:
         p.error(f"unknown variant(s) {', '.join(unknown)}; allowed: {', '.join(VARIANTS)}")
     names = args.variants or list(VARIANTS)
     annmodel.configure(Speed(inter_op_threads=args.inter_op_threads))
+    run = Run(args.epochs, args.seed, data(args.samples))
     # The machine's speed drifts over minutes: the variants take turns, so a slow spell hits all.
     seconds: dict[str, list[float]] = {name: [] for name in names}
     same: dict[str, set[bool]] = {name: set() for name in names}
+    accuracy: dict[str, list[float]] = {name: [] for name in names}
     reference = None
     for _ in range(args.rounds):
         for name in names:
-            epochs, weights = VARIANTS[name](args.epochs, args.samples)
+            epochs, weights, acc = VARIANTS[name](run)
             seconds[name] += epochs[1:]
+            accuracy[name] += [] if acc is None else [acc]
             if name == "keras" and reference is None:
                 reference = weights  # the first run; Keras' later runs are compared with it
                 continue
@@ -218,12 +248,16 @@ def main() -> None:
                 same[name].add(bool(np.array_equal(weights, reference)))
     print(
         f"s per epoch, median (min-max) of {args.rounds} runs x {args.epochs - 1} epochs; "
-        f"{args.inter_op_threads} inter-op thread(s)"
+        f"{args.inter_op_threads} inter-op thread(s); seed {args.seed}"
     )
     for name in names:
         s = stats(seconds[name])
         bits = "n/a" if not same[name] else ("yes" if same[name] == {True} else "no")
-        print(f"{name}: {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}); same bits as keras: {bits}")
+        acc = f"{min(accuracy[name]):.4f}-{max(accuracy[name]):.4f}" if accuracy[name] else "n/a"
+        print(
+            f"{name}: {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}); same bits as keras: {bits}; "
+            f"test accuracy: {acc}"
+        )
 
 
 if __name__ == "__main__":
