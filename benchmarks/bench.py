@@ -52,6 +52,15 @@ def synthetic_mnist(path: Path, n_train: int, n_test: int, seed: int = 0) -> Non
     np.savez(path, **synthetic_mnist_arrays(n_train, n_test, seed))
 
 
+def scaled_mnist(arrays: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x, y, x_test, y_test of MNIST-keyed `arrays` (a dict or an open .npz file) as annlab's
+    preprocess gives them: flat float32 images in [0, 1] (its minmax scaling), one-hot labels."""
+    from annlab.metrics import one_hot
+
+    x, xt = (arrays[k].reshape(len(arrays[k]), -1).astype(np.float32) / 255 for k in ("x_train", "x_test"))
+    return x, one_hot(arrays["y_train"], 10), xt, one_hot(arrays["y_test"], 10)
+
+
 def annlab_mlp_model(n_train: int, seed: int, speed: Any) -> Any:
     """The tutorial's 784-128-64-10 MLP as annlab builds and compiles it (Adam, ReLU, batch 32),
     seeded; `speed` is an `annlab.speed.Speed`."""
@@ -68,15 +77,12 @@ def annlab_mlp(data_path: str, epochs: int, seed: int) -> None:
     import keras
 
     from annlab import model as annmodel
-    from annlab.metrics import one_hot
     from annlab.speed import Speed
 
     speed = Speed.from_env()
     annmodel.configure(speed)
     with np.load(data_path) as f:
-        # preprocess's minmax scaling: float32 in [0, 1]
-        x, xt = (f[k].reshape(len(f[k]), -1).astype(np.float32) / 255 for k in ("x_train", "x_test"))
-        y, yt = one_hot(f["y_train"], 10), one_hot(f["y_test"], 10)
+        x, y, xt, yt = scaled_mnist(f)
     model = annlab_mlp_model(len(x), seed, speed)
     seconds: list[float] = []
 

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import tensorflow as tf
-from bench import SEED, annlab_mlp_model, stats, synthetic_mnist_arrays
+from bench import SEED, annlab_mlp_model, scaled_mnist, stats, synthetic_mnist_arrays
 from keras import ops
 
 from annlab import model as annmodel
@@ -44,10 +44,7 @@ class Run(NamedTuple):
 def data(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """n of the benchmark's synthetic MNIST-shaped images for training and n // 6 held out,
     scaled as annlab's preprocess does, with one-hot labels (the same for every variant)."""
-    arrays = synthetic_mnist_arrays(n, max(1, n // 6))
-    x, xt = (arrays[k].reshape(len(arrays[k]), -1).astype(np.float32) / 255 for k in ("x_train", "x_test"))
-    y, yt = (np.eye(10, dtype=np.float32)[arrays[k]] for k in ("y_train", "y_test"))
-    return x, y, xt, yt
+    return scaled_mnist(synthetic_mnist_arrays(n, max(1, n // 6)))
 
 
 def fused_adam(opt: keras.optimizers.Adam) -> None:
