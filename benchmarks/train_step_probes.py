@@ -29,6 +29,7 @@ from annlab import model as annmodel
 from annlab.speed import Speed
 
 BATCH = 32
+SINGLE_THREADED = "SINGLE_THREADED_EXECUTOR"
 SHAPES = [(784, 128), (128,), (128, 64), (64,), (64, 10), (10,)]
 
 
@@ -107,6 +108,33 @@ def unrolled(model: keras.Model, steps: int = 8) -> None:
     """Keras' TensorFlow trainer runs `steps` train steps per iteration of its in-graph loop
     over the epoch, not one (its own, undocumented `unrolled_steps_per_execution`)."""
     model.unrolled_steps_per_execution = steps
+
+
+def single_threaded_epoch(model: keras.Model, nested: bool = False) -> None:
+    """A whole epoch per call as one plain in-graph loop over Keras' own iterator and
+    train_step, run by TensorFlow's single-threaded executor (`tf.experimental.
+    function_executor_type`), which runs each op inline rather than scheduling it. Keras' own
+    loop hangs under that executor; this one runs, but TensorFlow then keeps the loop a
+    functional While, whose body misses the oneDNN rewrite of the matmuls. `nested` calls
+    train_step as a function of its own, which gets that rewrite back, at a call per step."""
+    steps = model.steps_per_execution
+    step = tf.function(model.train_step, autograph=False) if nested else model.train_step
+
+    @tf.function(autograph=False)
+    def epoch(iterator: tf.data.Iterator) -> dict:
+        def body(i: tf.Tensor) -> tuple[tf.Tensor]:
+            step(iterator.get_next())
+            return (i + 1,)
+
+        tf.while_loop(lambda i: i < steps, body, (tf.constant(0),))
+        return model.get_metrics_result()
+
+    def train_function(iterator: tf.data.Iterator) -> dict:
+        with tf.experimental.function_executor_type(SINGLE_THREADED):
+            return epoch(iterator)
+
+    model.make_train_function = lambda force=False: train_function
+    model.train_function = train_function
 
 
 def keras_fit(
@@ -197,6 +225,12 @@ def plain_tf(run: Run) -> tuple[list, None, None]:
     return seconds, None, None
 
 
+def single_threaded(variant: Callable[[Run], tuple], run: Run) -> tuple:
+    """A variant run by TensorFlow's single-threaded executor."""
+    with tf.experimental.function_executor_type(SINGLE_THREADED):
+        return variant(run)
+
+
 VARIANTS: dict[str, Callable[[Run], tuple[list, np.ndarray | None, float | None]]] = {
     "keras": lambda run: keras_fit(lambda m, o: None, run),
     "fused-adam": lambda run: keras_fit(lambda m, o: fused_adam(o), run),
@@ -205,8 +239,13 @@ VARIANTS: dict[str, Callable[[Run], tuple[list, np.ndarray | None, float | None]
         lambda m, o: (hoisted_adam(o), no_step_metrics(m)), run
     ),
     "unrolled-8": lambda run: keras_fit(lambda m, o: unrolled(m), run),
+    "single-threaded-epoch": lambda run: keras_fit(lambda m, o: single_threaded_epoch(m), run),
+    "single-threaded-epoch-nested-step": lambda run: keras_fit(
+        lambda m, o: single_threaded_epoch(m, nested=True), run
+    ),
     "own-loop": own_loop,
     "plain-tf": plain_tf,
+    "plain-tf-single-threaded": lambda run: single_threaded(plain_tf, run),
 }
 
 
