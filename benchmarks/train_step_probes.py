@@ -110,13 +110,14 @@ def unrolled(model: keras.Model, steps: int = 8) -> None:
     model.unrolled_steps_per_execution = steps
 
 
-def single_threaded_epoch(model: keras.Model, nested: bool = False) -> None:
+def epoch_loop(model: keras.Model, executor: str = "", nested: bool = False) -> None:
     """A whole epoch per call as one plain in-graph loop over Keras' own iterator and
-    train_step, run by TensorFlow's single-threaded executor (`tf.experimental.
-    function_executor_type`), which runs each op inline rather than scheduling it. Keras' own
-    loop hangs under that executor; this one runs, but TensorFlow then keeps the loop a
-    functional While, whose body misses the oneDNN rewrite of the matmuls. `nested` calls
-    train_step as a function of its own, which gets that rewrite back, at a call per step."""
+    train_step (Keras' own loop wraps each step in optionals and conditionals), run by
+    `executor` ("": TensorFlow's default; SINGLE_THREADED runs each op inline rather than
+    scheduling it, through `tf.experimental.function_executor_type`). Under that executor,
+    TensorFlow keeps the loop a functional While, whose body misses the oneDNN rewrite of the
+    matmuls; `nested` calls train_step as a function of its own, which gets it back, at the
+    cost of a call per step."""
     steps = model.steps_per_execution
     step = tf.function(model.train_step, autograph=False) if nested else model.train_step
 
@@ -130,9 +131,10 @@ def single_threaded_epoch(model: keras.Model, nested: bool = False) -> None:
         return model.get_metrics_result()
 
     def train_function(iterator: tf.data.Iterator) -> dict:
-        with tf.experimental.function_executor_type(SINGLE_THREADED):
+        with tf.experimental.function_executor_type(executor):
             return epoch(iterator)
 
+    # What Keras' fit calls: make_train_function(), then train_function(iterator) per epoch.
     model.make_train_function = lambda force=False: train_function
     model.train_function = train_function
 
@@ -239,9 +241,10 @@ VARIANTS: dict[str, Callable[[Run], tuple[list, np.ndarray | None, float | None]
         lambda m, o: (hoisted_adam(o), no_step_metrics(m)), run
     ),
     "unrolled-8": lambda run: keras_fit(lambda m, o: unrolled(m), run),
-    "single-threaded-epoch": lambda run: keras_fit(lambda m, o: single_threaded_epoch(m), run),
-    "single-threaded-epoch-nested-step": lambda run: keras_fit(
-        lambda m, o: single_threaded_epoch(m, nested=True), run
+    "epoch-loop": lambda run: keras_fit(lambda m, o: epoch_loop(m), run),
+    "epoch-loop-single-threaded": lambda run: keras_fit(lambda m, o: epoch_loop(m, SINGLE_THREADED), run),
+    "epoch-loop-single-threaded-nested-step": lambda run: keras_fit(
+        lambda m, o: epoch_loop(m, SINGLE_THREADED, nested=True), run
     ),
     "own-loop": own_loop,
     "plain-tf": plain_tf,
