@@ -72,10 +72,22 @@ def annlab_mlp_model(n_train: int, seed: int, speed: Any) -> Any:
     return annmodel.compiled_model(params.for_cell("ann", "adam", "relu"), (28, 28), 10, speed, n_train)
 
 
-def annlab_mlp(data_path: str, epochs: int, seed: int) -> None:
-    """annlab's training of the tutorial's MLP (what the train stage runs), as JSON on stdout."""
+def epoch_timer(seconds: list[float]) -> Any:
+    """A Keras callback that appends each epoch's seconds (validation included) to `seconds`."""
     import keras
 
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            seconds.append(time.perf_counter() - self.started)
+
+    return EpochTimer()
+
+
+def annlab_mlp(data_path: str, epochs: int, seed: int) -> None:
+    """annlab's training of the tutorial's MLP (what the train stage runs), as JSON on stdout."""
     from annlab import model as annmodel
     from annlab.speed import Speed
 
@@ -85,15 +97,7 @@ def annlab_mlp(data_path: str, epochs: int, seed: int) -> None:
         x, y, xt, yt = scaled_mnist(f)
     model = annlab_mlp_model(len(x), seed, speed)
     seconds: list[float] = []
-
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            seconds.append(time.perf_counter() - self.started)
-
-    annmodel.fit(model, (x, y), (xt, yt), epochs, 32, callbacks=[EpochTimer()], verbose=0)
+    annmodel.fit(model, (x, y), (xt, yt), epochs, 32, callbacks=[epoch_timer(seconds)], verbose=0)
     _, accuracy = model.evaluate(xt, yt, verbose=0)
     print(json.dumps({"seconds_per_epoch": seconds, "test_accuracy": float(accuracy)}))
 

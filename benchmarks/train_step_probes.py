@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import tensorflow as tf
-from bench import SEED, annlab_mlp_model, scaled_mnist, stats, synthetic_mnist_arrays
+from bench import SEED, annlab_mlp_model, epoch_timer, scaled_mnist, stats, synthetic_mnist_arrays
 from keras import ops
 
 from annlab import model as annmodel
@@ -148,15 +148,9 @@ def keras_fit(
     model = annlab_mlp_model(len(x), run.seed, Speed())
     setup(model, model.optimizer)
     seconds: list[float] = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            seconds.append(time.perf_counter() - self.started)
-
-    model.fit(x, y, batch_size=BATCH, epochs=run.epochs, shuffle=True, verbose=0, callbacks=[Clock()])
+    model.fit(
+        x, y, batch_size=BATCH, epochs=run.epochs, shuffle=True, verbose=0, callbacks=[epoch_timer(seconds)]
+    )
     _, accuracy = model.evaluate(xt, yt, batch_size=1024, verbose=0)
     return seconds, np.concatenate([w.ravel() for w in model.get_weights()]), float(accuracy)
 
