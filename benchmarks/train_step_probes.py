@@ -25,6 +25,7 @@ import tensorflow as tf
 from bench import SEED, annlab_mlp_model, epoch_timer, scaled_mnist, stats, synthetic_mnist_arrays
 from keras import ops
 
+from annlab import loop as annloop
 from annlab import model as annmodel
 from annlab.speed import Speed
 
@@ -155,6 +156,18 @@ def keras_fit(
     return seconds, np.concatenate([w.ravel() for w in model.get_weights()]), float(accuracy)
 
 
+def annlab_loop(run: Run) -> tuple[list, np.ndarray, float]:
+    """annlab's own loop (annlab/loop.py, its default), as `annlab.model.fit` runs it."""
+    x, y, xt, yt = run.data
+    speed = Speed()
+    model = annlab_mlp_model(len(x), run.seed, speed)
+    assert annloop.supported(model)
+    seconds: list[float] = []
+    annloop.fit(model, (x, y), None, run.epochs, BATCH, 1024, [epoch_timer(seconds)], verbose=0)
+    _, accuracy = model.evaluate(xt, yt, batch_size=1024, verbose=0)
+    return seconds, np.concatenate([w.ravel() for w in model.get_weights()]), float(accuracy)
+
+
 def own_loop(run: Run) -> tuple[list, None, None]:
     """Keras' own train_step in a hand-written loop over batches shuffled in NumPy (no tf.data)."""
     x, y, _, _ = run.data
@@ -229,6 +242,7 @@ def single_threaded(variant: Callable[[Run], tuple], run: Run) -> tuple:
 
 VARIANTS: dict[str, Callable[[Run], tuple[list, np.ndarray | None, float | None]]] = {
     "keras": lambda run: keras_fit(lambda m, o: None, run),
+    "annlab-loop": annlab_loop,
     "fused-adam": lambda run: keras_fit(lambda m, o: fused_adam(o), run),
     "hoisted-adam": lambda run: keras_fit(lambda m, o: hoisted_adam(o), run),
     "hoisted-adam-no-step-metrics": lambda run: keras_fit(

@@ -30,7 +30,7 @@ def test_the_benchmark_runs_and_reports_every_part(tmp_path: Path) -> None:
     )
     text = out.read_text()
     result = json.loads(out.with_suffix(".json").read_text())
-    for side in ("tutorial", "annlab", "annlab_xla"):
+    for side in ("tutorial", "annlab", "annlab_keras_fit", "annlab_xla"):
         assert result["training"][side]["epoch"]["median"] > 0
         assert 0 <= result["training"][side]["accuracy"]["median"] <= 1
     pipeline = result["pipeline"]
@@ -72,6 +72,7 @@ def test_the_train_step_probes_run_and_keep_their_claims_on_bits() -> None:
             rows[m[1]] = (float(m[2]), m[3], m[4])
     expected = {
         "keras": "yes",
+        "annlab-loop": "yes",
         "fused-adam": "no",
         "hoisted-adam": "yes",
         "hoisted-adam-no-step-metrics": "yes",

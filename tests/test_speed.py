@@ -12,7 +12,7 @@ import pytest
 
 from annlab.errors import UserError
 from annlab.repro import lanes
-from annlab.speed import INTER_ENV, INTRA_ENV, JIT_ENV, STEPS_ENV, Speed
+from annlab.speed import INTER_ENV, INTRA_ENV, JIT_ENV, LOOP_ENV, STEPS_ENV, Speed
 
 # Trains the default ANN (or, edited, another architecture) on three Gaussian blobs (3 epochs,
 # batch 16, so the last batch of an epoch is partial) in a fresh process, so the thread
@@ -38,7 +38,7 @@ params = Params.model_validate({"train": {"epochs": 3, "batch_size": 16}, "model
 params = params.for_cell("ann", "adam", "relu")
 m.seed_everything(7)
 model = m.compiled_model(params, (2, 4), 3, speed, len(x))
-history = m.fit(model, (x, one_hot(y, 3)), (xv, one_hot(yv, 3)), 3, 16, verbose=0)
+history = m.fit(model, (x, one_hot(y, 3)), (xv, one_hot(yv, 3)), 3, 16, verbose=0, speed=speed)
 probs = model.predict(xv, verbose=0)
 print(json.dumps({"history": history, "predictions": hashlib.sha256(probs.tobytes()).hexdigest()}))
 """
@@ -56,10 +56,14 @@ def _train(script: str = TRAIN, **env: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+PLAIN = {STEPS_ENV: "1", INTRA_ENV: "0", INTER_ENV: "0", LOOP_ENV: "0"}
+
+
 @pytest.fixture(scope="module")
 def plain() -> dict:
-    """No speed option: one batch per call, TensorFlow's own thread pools (the tutorial's way)."""
-    return _train(**{STEPS_ENV: "1", INTRA_ENV: "0", INTER_ENV: "0"})
+    """No speed option: Keras' `fit`, one batch per call, TensorFlow's own thread pools (the
+    tutorial's way)."""
+    return _train(**PLAIN)
 
 
 def test_the_default_speed_options_give_the_same_bits(plain: dict) -> None:
@@ -70,11 +74,102 @@ def test_the_default_speed_options_give_the_same_bits(plain: dict) -> None:
 
 @pytest.mark.parametrize(
     "env",
-    [{STEPS_ENV: "3"}, {STEPS_ENV: "0", INTRA_ENV: "2", INTER_ENV: "1"}],
-    ids=["3-steps-per-execution", "two-intra-op-threads"],
+    [
+        {**PLAIN, LOOP_ENV: "1"},
+        {STEPS_ENV: "3"},
+        {STEPS_ENV: "3", LOOP_ENV: "0"},
+        {STEPS_ENV: "0", INTRA_ENV: "2", INTER_ENV: "1"},
+    ],
+    ids=["own-loop", "3-steps-per-execution", "3-steps-per-execution-keras-fit", "two-intra-op-threads"],
 )
 def test_each_speed_option_alone_gives_the_same_bits(plain: dict, env: dict[str, str]) -> None:
     assert _train(**env) == plain
+
+
+# Trains each case twice in one process from the same seed, with annlab's loop and with Keras'
+# `fit`; prints both results per case and whether annlab's loop ran (it must, for every case).
+COMPARE = """
+import hashlib, json
+import numpy as np
+from annlab import loop, model as m
+from annlab.metrics import one_hot
+from annlab.params import Params
+from annlab.speed import Speed
+
+m.configure(Speed())
+rng = np.random.default_rng(0)
+centers = rng.normal(0, 2, size=(3, 8))
+def split(n):
+    y = np.arange(n) % 3
+    return (centers[y] + rng.normal(0, 1, size=(n, 8))).astype("float32"), one_hot(y, 3)
+(x, y), (xv, yv) = split(100), split(30)
+ran = []
+own_fit = loop.fit
+loop.fit = lambda *args, **kwargs: ran.append(1) or own_fit(*args, **kwargs)
+results = {}
+for name, (cell, overrides) in json.loads(CASES).items():
+    results[name] = []
+    for own_loop in (True, False):
+        speed = Speed(own_loop=own_loop)
+        raw = {"train": {"epochs": 2, "batch_size": 16}, "model": {"cnn": {"filters": [4]}}}
+        for section, values in overrides.items():
+            raw[section] = {**raw.get(section, {}), **values}
+        params = Params.model_validate(raw).for_cell(*cell)
+        m.seed_everything(7)
+        model = m.compiled_model(params, (2, 4), 3, speed, len(x))
+        before = len(ran)
+        history = m.fit(model, (x, y), (xv, yv), 2, 16, verbose=0, speed=speed)
+        probs = model.predict(xv, verbose=0)
+        digest = hashlib.sha256(probs.tobytes()).hexdigest()
+        results[name].append({"history": history, "predictions": digest, "own_loop": len(ran) > before})
+print(json.dumps(results))
+"""
+
+# Every optimizer and option annlab's loop writes out, both losses, dropout's random masks,
+# and the other architectures (a 3-sample last batch in each epoch).
+OWN_LOOP_CASES = {
+    "sgd": (["ann", "sgd", "tanh"], {}),
+    "sgd-momentum": (["ann", "sgd", "relu"], {"optimizers": {"sgd": {"momentum": 0.9}}}),
+    "sgd-nesterov": (["ann", "sgd", "relu"], {"optimizers": {"sgd": {"momentum": 0.9, "nesterov": True}}}),
+    "adam-mse-loss": (["ann", "adam", "sigmoid"], {"train": {"loss": "mse"}}),
+    "rmsprop": (["ann", "rmsprop", "relu"], {}),
+    "rmsprop-momentum": (["ann", "rmsprop", "tanh"], {"optimizers": {"rmsprop": {"momentum": 0.5}}}),
+    "dropout": (["ann", "adam", "relu"], {"model": {"ann": {"dropout": 0.3}}}),
+    "cnn": (["cnn", "rmsprop", "relu"], {}),
+    "rnn": (["rnn", "sgd", "tanh"], {}),
+}
+
+
+def test_annlab_loop_gives_keras_fit_bits_for_every_optimizer_and_architecture() -> None:
+    script = f"CASES = {json.dumps(json.dumps(OWN_LOOP_CASES))}\n{COMPARE}"
+    results = _train(script)
+    assert set(results) == set(OWN_LOOP_CASES)
+    for name, (own, keras_fit) in results.items():
+        assert (own["own_loop"], keras_fit["own_loop"]) == (True, False), name
+        assert own["history"] == keras_fit["history"], name
+        assert own["predictions"] == keras_fit["predictions"], name
+        assert len(own["history"]["val_loss"]) == 2, name
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda opt, model: setattr(opt, "amsgrad", True),
+        lambda opt, model: setattr(opt, "weight_decay", 0.01),
+        lambda opt, model: setattr(opt, "clipnorm", 1.0),
+        lambda opt, model: setattr(model, "jit_compile", True),
+    ],
+    ids=["amsgrad", "weight-decay", "clipnorm", "xla"],
+)
+def test_annlab_loop_leaves_what_it_does_not_write_out_to_keras(change: object) -> None:
+    from annlab import loop
+    from annlab.model import compiled_model
+    from annlab.params import Params
+
+    model = compiled_model(Params().for_cell("ann", "adam", "relu"), (2, 4), 3)
+    assert loop.supported(model)
+    change(model.optimizer, model)
+    assert not loop.supported(model)
 
 
 def _script(model_type: str) -> str:
@@ -85,16 +180,16 @@ def _script(model_type: str) -> str:
 
 def test_an_lstm_gives_the_same_bits_too() -> None:
     script = _script("lstm")
-    assert _train(script) == _train(script, **{STEPS_ENV: "1", INTRA_ENV: "0", INTER_ENV: "0"})
+    assert _train(script) == _train(script, **PLAIN)
 
 
 def test_a_cnn_gives_the_same_bits_at_the_same_thread_count() -> None:
     script = _script("cnn")
     fast = _train(script)
-    assert _train(script, **{STEPS_ENV: "1"}) == fast  # batches per call: no change at all
+    assert _train(script, **{STEPS_ENV: "1", LOOP_ENV: "0"}) == fast  # Keras' fit: no change at all
     # oneDNN splits a convolution's work by thread, so the intra-op thread count (fixed, 1 by
     # default, rather than TensorFlow's "all cores") moves the last bits, and nothing more.
-    other = _train(script, **{STEPS_ENV: "1", INTRA_ENV: "2", INTER_ENV: "0"})
+    other = _train(script, **{**PLAIN, INTRA_ENV: "2"})
     for key, values in fast["history"].items():
         assert values == pytest.approx(other["history"][key], rel=1e-5, abs=1e-6)
 

@@ -9,7 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from annlab import cli
+from annlab import cli, loop
 from annlab.errors import UserError
 from annlab.params import ModelParams, OptimizersParams, Params
 from annlab.speed import Speed
@@ -141,6 +141,7 @@ def fit(
     batch_size: int,
     callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int | str = "auto",
+    speed: Speed | None = None,
 ) -> dict[str, list[float]]:
     """Train on one-hot `train`, validating on `val` after each epoch; the per-epoch history.
 
@@ -149,18 +150,29 @@ def fit(
     not change what is learned, and 313 batches of 32 (MNIST's test set) cost more than 10.
     Under `cli.run` (every stage), SIGINT and SIGTERM end it after the current step (an epoch,
     by default) and that epoch's validation, and are raised then.
+
+    With `speed.own_loop` (on by default), annlab's loop (annlab/loop.py) trains a model it
+    supports, bit for bit as Keras' `fit` would, in less time; Keras' `fit` trains the rest,
+    and every model when `speed` is None.
     """
+    callbacks = [*(callbacks or []), StopWhenAsked()]  # last: sees what came during the others
+    validation_batch = max(batch_size, VALIDATION_BATCH)
     with cli.deferred_stop():  # Ctrl-C ends training between steps; raised once fit has returned
-        history: Any = model.fit(
-            *train,
-            validation_data=val,
-            epochs=epochs,
-            batch_size=batch_size,
-            shuffle=True,
-            validation_batch_size=max(batch_size, VALIDATION_BATCH),
-            verbose=verbose,
-            callbacks=[*(callbacks or []), StopWhenAsked()],  # last: sees what came during the others
-        )
+        if speed is not None and speed.own_loop and loop.supported(model):
+            history: Any = loop.fit(
+                model, train, val, epochs, batch_size, validation_batch, callbacks, verbose
+            )
+        else:
+            history = model.fit(
+                *train,
+                validation_data=val,
+                epochs=epochs,
+                batch_size=batch_size,
+                shuffle=True,
+                validation_batch_size=validation_batch,
+                verbose=verbose,
+                callbacks=callbacks,
+            )
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 

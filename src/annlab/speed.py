@@ -17,6 +17,7 @@ STEPS_ENV = "ANNLAB_STEPS_PER_EXECUTION"
 INTRA_ENV = "ANNLAB_INTRA_OP_THREADS"
 INTER_ENV = "ANNLAB_INTER_OP_THREADS"
 JIT_ENV = "ANNLAB_JIT_COMPILE"
+LOOP_ENV = "ANNLAB_OWN_LOOP"
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Speed:
     intra_op_threads: threads inside one op (0: TensorFlow's default, all cores). One is fastest
         for small matmuls and leaves the other core to a second grid cell.
     inter_op_threads: ops run side by side (0: TensorFlow's default).
+    own_loop: annlab's training loop (annlab/loop.py), Keras' `fit` in fewer ops per step, for
+        the optimizers and settings it supports; Keras' `fit` otherwise, or when off.
     jit_compile: XLA. About 1.3x faster here, but it fuses ops and so rounds differently:
         metrics change in the last bits, which is why it is not a default.
     """
@@ -35,6 +38,7 @@ class Speed:
     steps_per_execution: int = 0
     intra_op_threads: int = 1
     inter_op_threads: int = 2
+    own_loop: bool = True
     jit_compile: bool = False
 
     @classmethod
@@ -46,6 +50,7 @@ class Speed:
             steps_per_execution=_count(env, STEPS_ENV, default.steps_per_execution),
             intra_op_threads=_count(env, INTRA_ENV, default.intra_op_threads),
             inter_op_threads=_count(env, INTER_ENV, default.inter_op_threads),
+            own_loop=_flag(env, LOOP_ENV, default.own_loop),
             jit_compile=_flag(env, JIT_ENV, default.jit_compile),
         )
 

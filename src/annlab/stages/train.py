@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                     batch_size=params.train.batch_size,
                     callbacks=[logger],
                     verbose=1 if sys.stdout.isatty() else 2,
+                    speed=speed,
                 )
             except BaseException:
                 logger.flush()  # an interrupted run keeps its curves up to the last epoch

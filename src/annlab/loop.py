@@ -1,0 +1,252 @@
+"""annlab's own training loop: Keras' `fit`, bit for bit, in fewer TensorFlow ops per step.
+
+On 2 CPU cores a batch of 32 costs less arithmetic than TensorFlow's dispatch of the train
+step's ops one by one, and most of Keras' ops are bookkeeping around the math. This loop
+keeps Keras' own forward pass, loss, gradients, metrics, callbacks and validation, and does
+the rest in fewer ops, with the same arithmetic in the same order, so that the same seed
+gives the same bits (tests/test_speed.py compares it with `fit` for every optimizer):
+
+- the optimizer's update is written out: Keras computes its step size again for each weight
+  tensor and wraps each update in casts and a distribution strategy's dispatch;
+- the batches are gathered in the graph, in Keras' own order, from the epoch's permutation,
+  where Keras' `tf.data` pipeline hands each batch over from another thread (0.3 s of a
+  1.6 s epoch in a probe, benchmarks/train_step_probes.py);
+- the loss tracker (a Mean weighted by the batch's size) is updated without Keras' broadcasting.
+
+`supported` says when it applies (annlab's optimizers and settings, on CPU); otherwise
+`annlab.model.fit` calls Keras' `fit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+Update = Callable[[list[tf.Tensor], list[Any]], None]
+
+
+def supported(model: keras.Model) -> bool:
+    """Whether this loop trains `model` as Keras' `fit` would: an optimizer it writes out,
+    with none of the options it leaves out, float32 weights, compiled metrics, no XLA, no GPU."""
+    opt = model.optimizer
+    plain = (
+        opt is not None
+        and opt.weight_decay is None
+        and opt.clipnorm is None
+        and opt.clipvalue is None
+        and opt.global_clipnorm is None
+        and not opt.use_ema
+        and not opt.gradient_accumulation_steps
+        and opt.loss_scale_factor is None
+        and isinstance(opt.learning_rate, keras.Variable | tf.Variable)
+    )
+    return (
+        plain
+        and _update_for(opt) is not None
+        and all(v.dtype == "float32" for v in model.trainable_variables)
+        and model._compile_metrics is not None
+        and not model.jit_compile
+        and not tf.config.list_physical_devices("GPU")
+    )
+
+
+def _update_for(opt: keras.optimizers.Optimizer) -> Callable[[keras.optimizers.Optimizer], Update] | None:
+    if type(opt) is keras.optimizers.Adam and not opt.amsgrad:
+        return _adam
+    if type(opt) is keras.optimizers.SGD:
+        return _sgd
+    if type(opt) is keras.optimizers.RMSprop and not opt.centered:
+        return _rmsprop
+    return None
+
+
+# The updates below repeat the arithmetic of Keras' `update_step` (keras/src/optimizers/), op
+# for op: Python floats such as `1 - beta_1` are rounded to float32 as Keras' ops round them.
+
+
+def _adam(opt: keras.optimizers.Adam) -> Update:
+    ms, vs = _slots(opt._momentums), _slots(opt._velocities)
+
+    def update(grads: list[tf.Tensor], variables: list[Any]) -> None:
+        lr = tf.cast(opt.learning_rate, tf.float32)
+        step = tf.cast(opt.iterations + 1, tf.float32)
+        beta_1_power = tf.pow(tf.constant(opt.beta_1, tf.float32), step)
+        beta_2_power = tf.pow(tf.constant(opt.beta_2, tf.float32), step)
+        alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        for g, var, m, v in zip(grads, variables, ms, vs, strict=True):
+            m.assign_add((g - m) * (1 - opt.beta_1))
+            v.assign_add((tf.square(g) - v) * (1 - opt.beta_2))
+            var.assign_sub((m * alpha) / (tf.sqrt(v) + opt.epsilon))
+
+    return update
+
+
+def _sgd(opt: keras.optimizers.SGD) -> Update:
+    ms = _slots(opt.momentums)
+
+    def update(grads: list[tf.Tensor], variables: list[Any]) -> None:
+        lr = tf.cast(opt.learning_rate, tf.float32)
+        if not ms:
+            for g, var in zip(grads, variables, strict=True):
+                var.assign_sub(g * lr)
+            return
+        momentum = tf.constant(opt.momentum, tf.float32)
+        for g, var, m in zip(grads, variables, ms, strict=True):
+            m.assign(m * momentum - g * lr)
+            var.assign_add(m * momentum - g * lr if opt.nesterov else m)
+
+    return update
+
+
+def _rmsprop(opt: keras.optimizers.RMSprop) -> Update:
+    vs = _slots(opt._velocities)
+    ms = _slots(opt._momentums) or [None] * len(vs)
+
+    def update(grads: list[tf.Tensor], variables: list[Any]) -> None:
+        lr = tf.cast(opt.learning_rate, tf.float32)
+        for g, var, velocity, m in zip(grads, variables, vs, ms, strict=True):
+            velocity.assign(opt.rho * velocity + (1 - opt.rho) * tf.square(g))
+            increment = (lr * g) / tf.sqrt(velocity + opt.epsilon)
+            if m is None:
+                var.assign_sub(increment)
+            else:
+                m.assign(opt.momentum * m + increment)
+                var.assign_sub(m)
+
+    return update
+
+
+def _slots(variables: list[Any]) -> list[tf.Variable]:
+    """The tf.Variables behind Keras variables (whose own assign ops add a cast and a check)."""
+    return [v.value if isinstance(v, keras.Variable) else v for v in variables]
+
+
+def _train_step(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], None]:
+    """Keras' `train_step` (keras/src/backend/tensorflow/trainer.py) in fewer ops: its forward
+    pass, loss and gradients, the optimizer's update written out, the metrics' updates."""
+    opt = model.optimizer
+    opt.build(model.trainable_variables)
+    update = _update_for(opt)(opt)
+    (iterations,) = _slots([opt.iterations])
+    loss_total, loss_count = _slots([model._loss_tracker.total, model._loss_tracker.count])
+
+    def step(x: tf.Tensor, y: tf.Tensor) -> None:
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+        size = tf.cast(tf.shape(x)[0], tf.float32)
+        loss_total.assign_add(loss * size)
+        loss_count.assign_add(size)
+        variables = _slots(model.trainable_variables)
+        update(tape.gradient(loss, variables), variables)
+        iterations.assign_add(1)
+        model._compile_metrics.update_state(y, y_pred)
+
+    return step
+
+
+def _epoch_order(n: int) -> tf.data.Dataset:
+    """Each element: the order of one epoch's samples, as Keras' `fit` draws it.
+
+    Keras' array data adapter (the one `fit` uses for arrays) on the indices 0..n-1 in one
+    batch: its shuffle is a seeded op in a `tf.data` function of its own, whatever the batch
+    size, so the same code draws the same permutation, epoch after epoch, as `fit`'s, which
+    cuts it into batches in order (tests/test_speed.py checks the bits).
+    """
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+    return ArrayDataAdapter(np.arange(n), batch_size=n, shuffle=True).get_tf_dataset()
+
+
+def fit(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
+    epochs: int,
+    batch_size: int,
+    validation_batch_size: int,
+    callbacks: list[keras.callbacks.Callback],
+    verbose: int | str,
+) -> keras.callbacks.History:
+    """Keras' `fit(*train, validation_data=val, shuffle=True, ...)` for a `supported` model,
+    as its TensorFlow trainer runs it: the same callbacks at the same points, the same
+    validation after each epoch (none if `val` is None), `steps_per_execution` batches per
+    call into TensorFlow; Keras' History."""
+    x, y = train
+    n = len(x)
+    steps = -(-n // batch_size)
+    per_call = min(model.steps_per_execution, steps)
+    step = _train_step(model)
+    features, targets = tf.constant(x), tf.constant(y)
+
+    @tf.function(autograph=False)
+    def run(order: tf.Tensor, first: tf.Tensor, count: tf.Tensor) -> None:
+        def body(i: tf.Tensor) -> tuple[tf.Tensor]:
+            batch = order[i * batch_size : (i + 1) * batch_size]
+            step(tf.gather(features, batch), tf.gather(targets, batch))
+            return (i + 1,)
+
+        tf.while_loop(lambda i: i < first + count, body, (first,))
+
+    callback_list = keras.callbacks.CallbackList(
+        callbacks,
+        add_history=True,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=epochs,
+        steps=steps,
+        model=model,
+    )
+    orders = _epoch_order(n)
+    # Validation reuses one epoch iterator over `val`, as Keras' `fit` does (a new one per
+    # epoch costs 50 ms of a 1.3 s MNIST epoch).
+    from keras.src.backend.tensorflow.trainer import TFEpochIterator
+
+    model._eval_epoch_iterator = (
+        None
+        if val is None
+        else TFEpochIterator(
+            x=val[0],
+            y=val[1],
+            batch_size=validation_batch_size,
+            distribute_strategy=model.distribute_strategy,
+            steps_per_execution=model.steps_per_execution,
+            shuffle=False,
+        )
+    )
+    model.stop_training = False
+    callback_list.on_train_begin()
+    logs: dict[str, Any] = {}
+    try:
+        for epoch in range(epochs):
+            model.reset_metrics()
+            callback_list.on_epoch_begin(epoch)
+            order = next(iter(orders))
+            for first in range(0, steps, per_call):
+                callback_list.on_train_batch_begin(first)
+                run(order, tf.constant(first), tf.constant(min(per_call, steps - first)))
+                callback_list.on_train_batch_end(first + per_call - 1, model.get_metrics_result())
+                if model.stop_training:
+                    break
+            logs = dict(model.get_metrics_result())
+            if val is not None:
+                val_logs = model.evaluate(
+                    *val,
+                    batch_size=validation_batch_size,
+                    callbacks=callback_list,
+                    return_dict=True,
+                    _use_cached_eval_dataset=True,
+                )
+                logs.update({f"val_{name}": value for name, value in val_logs.items()})
+            callback_list.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+    finally:
+        del model._eval_epoch_iterator
+    model.optimizer.finalize_variable_values(model.trainable_weights)
+    callback_list.on_train_end(logs=logs)
+    return model.history
