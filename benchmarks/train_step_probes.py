@@ -163,7 +163,16 @@ def annlab_loop(run: Run) -> tuple[list, np.ndarray, float]:
     model = annlab_mlp_model(len(x), run.seed, speed)
     assert annloop.supported(model)
     seconds: list[float] = []
-    annloop.fit(model, (x, y), None, run.epochs, BATCH, 1024, [epoch_timer(seconds)], verbose=0)
+    annloop.fit(
+        model,
+        (x, y),
+        None,
+        epochs=run.epochs,
+        batch_size=BATCH,
+        validation_batch_size=1024,
+        callbacks=[epoch_timer(seconds)],
+        verbose=0,
+    )
     _, accuracy = model.evaluate(xt, yt, batch_size=1024, verbose=0)
     return seconds, np.concatenate([w.ravel() for w in model.get_weights()]), float(accuracy)
 

@@ -412,14 +412,19 @@ def stop_signals() -> Iterator[None]:
     signal.signal(signal.SIGTERM, saved[1])
 
 
-def _fit_signalling_self(signals: dict[tuple[str, int], list[signal.Signals]], ended: list[int]) -> None:
-    """Train a tiny network (100 epochs of 8 steps, one step per call) with annlab's fit, sending
-    this process the given signals after ("step", n) (counted from 0 over the whole training)
-    or at the end of ("epoch", n) (from 0); `ended` gets the epochs (from 0) that ended."""
+def _fit_signalling_self(
+    signals: dict[tuple[str, int], list[signal.Signals]], ended: list[int], own_loop: bool = True
+) -> None:
+    """Train a tiny network (100 epochs of 8 steps, one step per call) with annlab's fit (in
+    its own loop, or in Keras' `fit`), sending this process the given signals after ("step", n)
+    (counted from 0 over the whole training) or at the end of ("epoch", n) (from 0); `ended`
+    gets the epochs (from 0) that ended."""
     import keras
     import numpy as np
 
+    from annlab import loop
     from annlab import model as annmodel
+    from annlab.speed import Speed
 
     class SignalSelf(keras.callbacks.Callback):
         step = 0
@@ -437,17 +442,22 @@ def _fit_signalling_self(signals: dict[tuple[str, int], list[signal.Signals]], e
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 4)).astype("float32"), np.eye(2)[rng.integers(0, 2, 64)]
     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
-    net.compile(optimizer="sgd", loss="categorical_crossentropy", steps_per_execution=1)
-    annmodel.fit(net, (x, y), (x, y), epochs=100, batch_size=8, callbacks=[SignalSelf()], verbose=0)
+    net.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"], steps_per_execution=1)
+    speed = Speed(steps_per_execution=1, own_loop=own_loop)
+    assert loop.supported(net)  # so that own_loop picks the loop that trains
+    annmodel.fit(
+        net, (x, y), (x, y), epochs=100, batch_size=8, callbacks=[SignalSelf()], verbose=0, speed=speed
+    )
 
 
+@pytest.mark.parametrize("own_loop", [True, False], ids=["annlab-loop", "keras-fit"])
 @pytest.mark.parametrize(
     ("signum", "raised"),
     [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Interrupted)],
     ids=["SIGINT", "SIGTERM"],
 )
 def test_a_signal_during_training_ends_it_after_the_step_then_raises(
-    stop_signals: None, signum: signal.Signals, raised: type[BaseException]
+    stop_signals: None, signum: signal.Signals, raised: type[BaseException], own_loop: bool
 ) -> None:
     """An exception thrown into TensorFlow mid-training can corrupt its heap (the process then
     aborts, its temporary outputs left behind): training stops between steps instead."""
@@ -455,7 +465,7 @@ def test_a_signal_during_training_ends_it_after_the_step_then_raises(
 
     ended: list[int] = []
     with pytest.raises(raised):
-        _fit_signalling_self({("step", 20): [signum]}, ended)  # step 20: in the third epoch
+        _fit_signalling_self({("step", 20): [signum]}, ended, own_loop)  # step 20: in the third epoch
     # Training ended with the third epoch, mid-way, not at the end of 100: the step after the
     # signal saw it, and fit returned before the signal was raised.
     assert ended == [0, 1, 2]
@@ -464,7 +474,7 @@ def test_a_signal_during_training_ends_it_after_the_step_then_raises(
     # One that comes at an epoch's end (during validation or a callback's work) ends training there.
     ended.clear()
     with pytest.raises(raised):
-        _fit_signalling_self({("epoch", 4): [signum]}, ended)
+        _fit_signalling_self({("epoch", 4): [signum]}, ended, own_loop)
     assert ended == [0, 1, 2, 3, 4]
 
     # Outside training a signal raises at once, as Python's own SIGINT handler does.

@@ -87,9 +87,12 @@ def test_each_speed_option_alone_gives_the_same_bits(plain: dict, env: dict[str,
 
 
 # Trains each case twice in one process from the same seed, with annlab's loop and with Keras'
-# `fit`; prints both results per case and whether annlab's loop ran (it must, for every case).
+# `fit`; prints, for each, the history, a digest of the predictions, every callback call with
+# its logs, and whether annlab's loop ran. A case may set the training samples (`n`), the
+# batches per call (`steps`) and the batch after which a callback stops training (`stop_at`).
 COMPARE = """
 import hashlib, json
+import keras
 import numpy as np
 from annlab import loop, model as m
 from annlab.metrics import one_hot
@@ -106,37 +109,72 @@ def split(n):
 ran = []
 own_fit = loop.fit
 loop.fit = lambda *args, **kwargs: ran.append(1) or own_fit(*args, **kwargs)
+
+class Record(keras.callbacks.Callback):
+    def __init__(self, stop_at):
+        super().__init__()
+        self.calls, self.batches, self.stop_at = [], 0, stop_at
+    def _log(self, name, index, logs):
+        self.calls.append([name, index, {k: float(v) for k, v in (logs or {}).items()}])
+    def on_train_begin(self, logs=None): self._log("train_begin", None, logs)
+    def on_epoch_begin(self, epoch, logs=None): self._log("epoch_begin", epoch, logs)
+    def on_train_batch_begin(self, batch, logs=None): self._log("batch_begin", batch, logs)
+    def on_train_batch_end(self, batch, logs=None):
+        self._log("batch_end", batch, logs)
+        self.batches += 1
+        if self.batches == self.stop_at:
+            self.model.stop_training = True
+    def on_test_begin(self, logs=None): self._log("test_begin", None, logs)
+    def on_test_end(self, logs=None): self._log("test_end", None, logs)
+    def on_epoch_end(self, epoch, logs=None): self._log("epoch_end", epoch, logs)
+    def on_train_end(self, logs=None): self._log("train_end", None, logs)
+
 results = {}
-for name, (cell, overrides) in json.loads(CASES).items():
+for name, (cell, overrides, options) in json.loads(CASES).items():
     results[name] = []
+    n = options.get("n", len(x))
     for own_loop in (True, False):
-        speed = Speed(own_loop=own_loop)
+        speed = Speed(own_loop=own_loop, steps_per_execution=options.get("steps", 0))
         raw = {"train": {"epochs": 2, "batch_size": 16}, "model": {"cnn": {"filters": [4]}}}
         for section, values in overrides.items():
             raw[section] = {**raw.get(section, {}), **values}
         params = Params.model_validate(raw).for_cell(*cell)
         m.seed_everything(7)
-        model = m.compiled_model(params, (2, 4), 3, speed, len(x))
+        model = m.compiled_model(params, (2, 4), 3, speed, n)
+        record = Record(options.get("stop_at"))
         before = len(ran)
-        history = m.fit(model, (x, y), (xv, yv), 2, 16, verbose=0, speed=speed)
+        history = m.fit(model, (x[:n], y[:n]), (xv, yv), 2, 16, [record], verbose=0, speed=speed)
         probs = model.predict(xv, verbose=0)
-        digest = hashlib.sha256(probs.tobytes()).hexdigest()
-        results[name].append({"history": history, "predictions": digest, "own_loop": len(ran) > before})
+        results[name].append({
+            "history": history,
+            "predictions": hashlib.sha256(probs.tobytes()).hexdigest(),
+            "callbacks": record.calls,
+            "own_loop": len(ran) > before,
+            "eval_iterator_left": getattr(model, "_eval_epoch_iterator", None) is not None,
+        })
 print(json.dumps(results))
 """
 
 # Every optimizer and option annlab's loop writes out, both losses, dropout's random masks,
-# and the other architectures (a 3-sample last batch in each epoch).
+# and the other architectures, with a 4-sample last batch in each epoch (100 samples); and
+# batches of equal size, a step per call, and 3 steps per call stopped in an epoch's middle.
 OWN_LOOP_CASES = {
-    "sgd": (["ann", "sgd", "tanh"], {}),
-    "sgd-momentum": (["ann", "sgd", "relu"], {"optimizers": {"sgd": {"momentum": 0.9}}}),
-    "sgd-nesterov": (["ann", "sgd", "relu"], {"optimizers": {"sgd": {"momentum": 0.9, "nesterov": True}}}),
-    "adam-mse-loss": (["ann", "adam", "sigmoid"], {"train": {"loss": "mse"}}),
-    "rmsprop": (["ann", "rmsprop", "relu"], {}),
-    "rmsprop-momentum": (["ann", "rmsprop", "tanh"], {"optimizers": {"rmsprop": {"momentum": 0.5}}}),
-    "dropout": (["ann", "adam", "relu"], {"model": {"ann": {"dropout": 0.3}}}),
-    "cnn": (["cnn", "rmsprop", "relu"], {}),
-    "rnn": (["rnn", "sgd", "tanh"], {}),
+    "sgd": (["ann", "sgd", "tanh"], {}, {}),
+    "sgd-momentum": (["ann", "sgd", "relu"], {"optimizers": {"sgd": {"momentum": 0.9}}}, {}),
+    "sgd-nesterov": (
+        ["ann", "sgd", "relu"],
+        {"optimizers": {"sgd": {"momentum": 0.9, "nesterov": True}}},
+        {},
+    ),
+    "adam-mse-loss": (["ann", "adam", "sigmoid"], {"train": {"loss": "mse"}}, {}),
+    "rmsprop": (["ann", "rmsprop", "relu"], {}, {}),
+    "rmsprop-momentum": (["ann", "rmsprop", "tanh"], {"optimizers": {"rmsprop": {"momentum": 0.5}}}, {}),
+    "dropout": (["ann", "adam", "relu"], {"model": {"ann": {"dropout": 0.3}}}, {}),
+    "cnn": (["cnn", "rmsprop", "relu"], {}, {}),
+    "rnn": (["rnn", "sgd", "tanh"], {}, {}),
+    "equal-batches": (["ann", "adam", "relu"], {}, {"n": 96}),
+    "a-step-per-call": (["ann", "sgd", "relu"], {"optimizers": {"sgd": {"momentum": 0.9}}}, {"steps": 1}),
+    "3-steps-per-call-stopped": (["ann", "rmsprop", "relu"], {}, {"steps": 3, "stop_at": 5}),
 }
 
 
@@ -148,25 +186,37 @@ def test_annlab_loop_gives_keras_fit_bits_for_every_optimizer_and_architecture()
         assert (own["own_loop"], keras_fit["own_loop"]) == (True, False), name
         assert own["history"] == keras_fit["history"], name
         assert own["predictions"] == keras_fit["predictions"], name
-        assert len(own["history"]["val_loss"]) == 2, name
+        assert own["callbacks"] == keras_fit["callbacks"], name
+        assert not own["eval_iterator_left"], name
+    # The cases are what they say: training stopped in the second epoch's middle (batches 0-2,
+    # 3-5, 6 in each), and otherwise ran both epochs.
+    stopped = [c[:2] for c in results["3-steps-per-call-stopped"][0]["callbacks"] if c[0] != "test_end"]
+    assert (
+        ["batch_end", 5] in stopped and ["epoch_end", 1] in stopped and ["batch_begin", 6] not in stopped[-8:]
+    )
+    assert all(len(r[0]["history"]["val_loss"]) == 2 for r in results.values())
 
 
 @pytest.mark.parametrize(
-    "change",
+    ("optimizer", "change"),
     [
-        lambda opt, model: setattr(opt, "amsgrad", True),
-        lambda opt, model: setattr(opt, "weight_decay", 0.01),
-        lambda opt, model: setattr(opt, "clipnorm", 1.0),
-        lambda opt, model: setattr(model, "jit_compile", True),
+        ("adam", lambda opt, model: setattr(opt, "amsgrad", True)),
+        ("rmsprop", lambda opt, model: setattr(opt, "centered", True)),
+        ("adam", lambda opt, model: setattr(opt, "weight_decay", 0.01)),
+        ("sgd", lambda opt, model: setattr(opt, "clipnorm", 1.0)),
+        ("adam", lambda opt, model: setattr(opt, "use_ema", True)),
+        ("adam", lambda opt, model: setattr(model, "jit_compile", True)),
+        ("sgd", lambda opt, model: setattr(model, "run_eagerly", True)),
+        ("adam", lambda opt, model: setattr(model, "_compile_metrics", None)),
     ],
-    ids=["amsgrad", "weight-decay", "clipnorm", "xla"],
+    ids=["amsgrad", "centered-rmsprop", "weight-decay", "clipnorm", "ema", "xla", "eager", "no-metrics"],
 )
-def test_annlab_loop_leaves_what_it_does_not_write_out_to_keras(change: object) -> None:
+def test_annlab_loop_leaves_what_it_does_not_write_out_to_keras(optimizer: str, change: object) -> None:
     from annlab import loop
     from annlab.model import compiled_model
     from annlab.params import Params
 
-    model = compiled_model(Params().for_cell("ann", "adam", "relu"), (2, 4), 3)
+    model = compiled_model(Params().for_cell("ann", optimizer, "relu"), (2, 4), 3)
     assert loop.supported(model)
     change(model.optimizer, model)
     assert not loop.supported(model)
@@ -211,6 +261,7 @@ def test_speed_is_read_from_the_environment() -> None:
     speed = Speed.from_env({STEPS_ENV: "16", INTRA_ENV: "0", INTER_ENV: "4", JIT_ENV: "true"})
     assert speed == Speed(steps_per_execution=16, intra_op_threads=0, inter_op_threads=4, jit_compile=True)
     assert speed.tags()["annlab.speed.jit_compile"] == "true"
+    assert Speed.from_env({LOOP_ENV: "0"}) == Speed(own_loop=False)
 
 
 @pytest.mark.parametrize(("name", "raw"), [(STEPS_ENV, "-1"), (INTRA_ENV, "two"), (JIT_ENV, "yes")])

@@ -25,16 +25,27 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.backend.tensorflow.trainer import TensorFlowTrainer, TFEpochIterator
+from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
 
-Update = Callable[[list[tf.Tensor], list[Any]], None]
+# The Keras this loop was checked against, bit for bit (tests/test_speed.py): it reads Keras'
+# internals (the optimizers' slots, the loss tracker, the array data adapter), so another
+# version goes to Keras' `fit` until the test has passed on it and this line is changed.
+KERAS_VERSIONS = ("3.15.",)
+
+Update = Callable[[list[tf.Tensor], list[tf.Variable]], None]
 
 
 def supported(model: keras.Model) -> bool:
-    """Whether this loop trains `model` as Keras' `fit` would: an optimizer it writes out,
-    with none of the options it leaves out, float32 weights, compiled metrics, no XLA, no GPU."""
+    """Whether this loop trains `model` as Keras' `fit` would: a checked Keras, an optimizer
+    it writes out and none of the options it leaves out, float32 throughout, Keras' own train
+    step and metrics, graph mode on CPU without XLA or a distribution strategy."""
     opt = model.optimizer
-    plain = (
-        opt is not None
+    return (
+        keras.version().startswith(KERAS_VERSIONS)
+        and keras.backend.backend() == "tensorflow"
+        and opt is not None
+        and _update_maker(opt) is not None
         and opt.weight_decay is None
         and opt.clipnorm is None
         and opt.clipvalue is None
@@ -42,19 +53,21 @@ def supported(model: keras.Model) -> bool:
         and not opt.use_ema
         and not opt.gradient_accumulation_steps
         and opt.loss_scale_factor is None
-        and isinstance(opt.learning_rate, keras.Variable | tf.Variable)
-    )
-    return (
-        plain
-        and _update_for(opt) is not None
-        and all(v.dtype == "float32" for v in model.trainable_variables)
+        and isinstance(opt.learning_rate, keras.Variable | tf.Variable)  # not a schedule
+        and model.dtype_policy.name == "float32"
+        and all(v.dtype == "float32" and v.constraint is None for v in model.trainable_variables)
         and model._compile_metrics is not None
+        and type(model).train_step is TensorFlowTrainer.train_step
+        and type(model).compute_metrics is TensorFlowTrainer.compute_metrics
+        and not model.run_eagerly
         and not model.jit_compile
+        and not tf.distribute.has_strategy()
         and not tf.config.list_physical_devices("GPU")
     )
 
 
-def _update_for(opt: keras.optimizers.Optimizer) -> Callable[[keras.optimizers.Optimizer], Update] | None:
+def _update_maker(opt: keras.optimizers.Optimizer) -> Callable[..., Update] | None:
+    """What writes out `opt`'s update, or None."""
     if type(opt) is keras.optimizers.Adam and not opt.amsgrad:
         return _adam
     if type(opt) is keras.optimizers.SGD:
@@ -66,18 +79,18 @@ def _update_for(opt: keras.optimizers.Optimizer) -> Callable[[keras.optimizers.O
 
 # The updates below repeat the arithmetic of Keras' `update_step` (keras/src/optimizers/), op
 # for op: Python floats such as `1 - beta_1` are rounded to float32 as Keras' ops round them.
+# `slots(name, var)` is the optimizer's slot variable `name` for the weight `var`.
 
 
-def _adam(opt: keras.optimizers.Adam) -> Update:
-    ms, vs = _slots(opt._momentums), _slots(opt._velocities)
-
-    def update(grads: list[tf.Tensor], variables: list[Any]) -> None:
+def _adam(opt: keras.optimizers.Adam, slots: Callable[[str, Any], tf.Variable]) -> Update:
+    def update(grads: list[tf.Tensor], variables: list[tf.Variable]) -> None:
         lr = tf.cast(opt.learning_rate, tf.float32)
         step = tf.cast(opt.iterations + 1, tf.float32)
         beta_1_power = tf.pow(tf.constant(opt.beta_1, tf.float32), step)
         beta_2_power = tf.pow(tf.constant(opt.beta_2, tf.float32), step)
         alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-        for g, var, m, v in zip(grads, variables, ms, vs, strict=True):
+        for g, var in zip(grads, variables, strict=True):
+            m, v = slots("_momentums", var), slots("_velocities", var)
             m.assign_add((g - m) * (1 - opt.beta_1))
             v.assign_add((tf.square(g) - v) * (1 - opt.beta_2))
             var.assign_sub((m * alpha) / (tf.sqrt(v) + opt.epsilon))
@@ -85,44 +98,39 @@ def _adam(opt: keras.optimizers.Adam) -> Update:
     return update
 
 
-def _sgd(opt: keras.optimizers.SGD) -> Update:
-    ms = _slots(opt.momentums)
-
-    def update(grads: list[tf.Tensor], variables: list[Any]) -> None:
+def _sgd(opt: keras.optimizers.SGD, slots: Callable[[str, Any], tf.Variable]) -> Update:
+    def update(grads: list[tf.Tensor], variables: list[tf.Variable]) -> None:
         lr = tf.cast(opt.learning_rate, tf.float32)
-        if not ms:
-            for g, var in zip(grads, variables, strict=True):
+        for g, var in zip(grads, variables, strict=True):
+            if opt.momentum == 0:
                 var.assign_sub(g * lr)
-            return
-        momentum = tf.constant(opt.momentum, tf.float32)
-        for g, var, m in zip(grads, variables, ms, strict=True):
+                continue
+            m, momentum = slots("momentums", var), tf.constant(opt.momentum, tf.float32)
             m.assign(m * momentum - g * lr)
             var.assign_add(m * momentum - g * lr if opt.nesterov else m)
 
     return update
 
 
-def _rmsprop(opt: keras.optimizers.RMSprop) -> Update:
-    vs = _slots(opt._velocities)
-    ms = _slots(opt._momentums) or [None] * len(vs)
-
-    def update(grads: list[tf.Tensor], variables: list[Any]) -> None:
+def _rmsprop(opt: keras.optimizers.RMSprop, slots: Callable[[str, Any], tf.Variable]) -> Update:
+    def update(grads: list[tf.Tensor], variables: list[tf.Variable]) -> None:
         lr = tf.cast(opt.learning_rate, tf.float32)
-        for g, var, velocity, m in zip(grads, variables, vs, ms, strict=True):
+        for g, var in zip(grads, variables, strict=True):
+            velocity = slots("_velocities", var)
             velocity.assign(opt.rho * velocity + (1 - opt.rho) * tf.square(g))
             increment = (lr * g) / tf.sqrt(velocity + opt.epsilon)
-            if m is None:
-                var.assign_sub(increment)
-            else:
+            if opt.momentum > 0:
+                m = slots("_momentums", var)
                 m.assign(opt.momentum * m + increment)
-                var.assign_sub(m)
+                increment = m
+            var.assign_sub(increment)
 
     return update
 
 
-def _slots(variables: list[Any]) -> list[tf.Variable]:
-    """The tf.Variables behind Keras variables (whose own assign ops add a cast and a check)."""
-    return [v.value if isinstance(v, keras.Variable) else v for v in variables]
+def _tf(v: Any) -> tf.Variable:
+    """The tf.Variable behind a Keras variable (whose own assign ops add a cast and a check)."""
+    return v.value if isinstance(v, keras.Variable) else v
 
 
 def _train_step(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], None]:
@@ -130,9 +138,16 @@ def _train_step(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], None]:
     pass, loss and gradients, the optimizer's update written out, the metrics' updates."""
     opt = model.optimizer
     opt.build(model.trainable_variables)
-    update = _update_for(opt)(opt)
-    (iterations,) = _slots([opt.iterations])
-    loss_total, loss_count = _slots([model._loss_tracker.total, model._loss_tracker.count])
+    weights = model.trainable_variables
+
+    def slots(name: str, var: tf.Variable) -> tf.Variable:
+        # As Keras finds them: by the weight's index in the optimizer's own list.
+        keras_var = next(w for w in weights if _tf(w) is var)
+        return _tf(getattr(opt, name)[opt._get_variable_index(keras_var)])
+
+    update = _update_maker(opt)(opt, slots)
+    iterations = _tf(opt.iterations)
+    loss_total, loss_count = _tf(model._loss_tracker.total), _tf(model._loss_tracker.count)
 
     def step(x: tf.Tensor, y: tf.Tensor) -> None:
         with tf.GradientTape() as tape:
@@ -141,7 +156,7 @@ def _train_step(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], None]:
         size = tf.cast(tf.shape(x)[0], tf.float32)
         loss_total.assign_add(loss * size)
         loss_count.assign_add(size)
-        variables = _slots(model.trainable_variables)
+        variables = [_tf(w) for w in weights]
         update(tape.gradient(loss, variables), variables)
         iterations.assign_add(1)
         model._compile_metrics.update_state(y, y_pred)
@@ -157,29 +172,37 @@ def _epoch_order(n: int) -> tf.data.Dataset:
     size, so the same code draws the same permutation, epoch after epoch, as `fit`'s, which
     cuts it into batches in order (tests/test_speed.py checks the bits).
     """
-    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
-
     return ArrayDataAdapter(np.arange(n), batch_size=n, shuffle=True).get_tf_dataset()
+
+
+def _floats(a: np.ndarray) -> np.ndarray:
+    """Floating arrays in Keras' float type, as Keras' data adapter casts them."""
+    a = np.asarray(a)
+    return a.astype(keras.backend.floatx()) if np.issubdtype(a.dtype, np.floating) else a
 
 
 def fit(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray] | None,
+    *,
     epochs: int,
     batch_size: int,
     validation_batch_size: int,
     callbacks: list[keras.callbacks.Callback],
     verbose: int | str,
 ) -> keras.callbacks.History:
-    """Keras' `fit(*train, validation_data=val, shuffle=True, ...)` for a `supported` model,
-    as its TensorFlow trainer runs it: the same callbacks at the same points, the same
-    validation after each epoch (none if `val` is None), `steps_per_execution` batches per
-    call into TensorFlow; Keras' History."""
-    x, y = train
-    n = len(x)
+    """Keras' `fit(*train, validation_data=val, shuffle=True, ...)` for a `supported` model.
+
+    As Keras' TensorFlow trainer runs it: the same callbacks at the same points with the same
+    logs, the same validation after each epoch (none if `val` is None), `steps_per_execution`
+    batches per call into TensorFlow; Keras' History.
+    """
+    x, y = (_floats(a) for a in train)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} training samples but {len(y)} targets")
+    n, per_call = len(x), model.steps_per_execution
     steps = -(-n // batch_size)
-    per_call = min(model.steps_per_execution, steps)
     step = _train_step(model)
     features, targets = tf.constant(x), tf.constant(y)
 
@@ -202,26 +225,22 @@ def fit(
         model=model,
     )
     orders = _epoch_order(n)
-    # Validation reuses one epoch iterator over `val`, as Keras' `fit` does (a new one per
-    # epoch costs 50 ms of a 1.3 s MNIST epoch).
-    from keras.src.backend.tensorflow.trainer import TFEpochIterator
-
-    model._eval_epoch_iterator = (
-        None
-        if val is None
-        else TFEpochIterator(
-            x=val[0],
-            y=val[1],
-            batch_size=validation_batch_size,
-            distribute_strategy=model.distribute_strategy,
-            steps_per_execution=model.steps_per_execution,
-            shuffle=False,
-        )
-    )
     model.stop_training = False
-    callback_list.on_train_begin()
     logs: dict[str, Any] = {}
     try:
+        # Validation reuses one epoch iterator over `val`, as Keras' `fit` does (a new one per
+        # epoch costs 50 ms of a 1.3 s MNIST epoch).
+        model._eval_epoch_iterator = None
+        if val is not None:
+            model._eval_epoch_iterator = TFEpochIterator(
+                x=val[0],
+                y=val[1],
+                batch_size=validation_batch_size,
+                distribute_strategy=model.distribute_strategy,
+                steps_per_execution=per_call,
+                shuffle=False,
+            )
+        callback_list.on_train_begin()
         for epoch in range(epochs):
             model.reset_metrics()
             callback_list.on_epoch_begin(epoch)
@@ -246,7 +265,7 @@ def fit(
             if model.stop_training:
                 break
     finally:
-        del model._eval_epoch_iterator
+        model._eval_epoch_iterator = None
     model.optimizer.finalize_variable_values(model.trainable_weights)
     callback_list.on_train_end(logs=logs)
     return model.history

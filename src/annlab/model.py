@@ -160,7 +160,14 @@ def fit(
     with cli.deferred_stop():  # Ctrl-C ends training between steps; raised once fit has returned
         if speed is not None and speed.own_loop and loop.supported(model):
             history: Any = loop.fit(
-                model, train, val, epochs, batch_size, validation_batch, callbacks, verbose
+                model,
+                train,
+                val,
+                epochs=epochs,
+                batch_size=batch_size,
+                validation_batch_size=validation_batch,
+                callbacks=callbacks,
+                verbose=verbose,
             )
         else:
             history = model.fit(
