@@ -55,7 +55,7 @@ sweep: venv ## Queue one experiment per value of SET (key=v1,v2), run JOBS at a 
 sync: venv ## Upload to MLflow the runs it lacks (trained with ANNLAB_OFFLINE=1 or while the server was down)
 	annlab sync
 
-bench: venv ## Benchmark annlab beside the tutorial's code (about 16 min); writes reports/benchmarks.md
+bench: venv ## Benchmark annlab beside the tutorial's code (about 22 min); writes reports/benchmarks.md
 	python benchmarks/bench.py
 
 test: venv ## Run the test suite (includes a small end-to-end `dvc repro`)
