@@ -157,7 +157,8 @@ def keras_fit(
 
 
 def annlab_loop(run: Run) -> tuple[list, np.ndarray, float]:
-    """annlab's own loop (annlab/loop.py, its default), as `annlab.model.fit` runs it."""
+    """annlab's own loop (annlab/loop.py), which `annlab.model.fit` runs by default, called
+    directly, as `keras_fit` calls Keras' `fit`."""
     x, y, xt, yt = run.data
     speed = Speed()
     model = annlab_mlp_model(len(x), run.seed, speed)

@@ -14,10 +14,21 @@ from annlab.errors import UserError
 from annlab.repro import lanes
 from annlab.speed import INTER_ENV, INTRA_ENV, JIT_ENV, LOOP_ENV, STEPS_ENV, Speed
 
+# Three Gaussian blobs of 8 features, one-hot labels: 100 samples to train on, 30 to validate.
+BLOBS = """
+rng = np.random.default_rng(0)
+centers = rng.normal(0, 2, size=(3, 8))
+def split(n):
+    y = np.arange(n) % 3
+    return (centers[y] + rng.normal(0, 1, size=(n, 8))).astype("float32"), one_hot(y, 3)
+(x, y), (xv, yv) = split(100), split(30)
+"""
+
 # Trains the default ANN (or, edited, another architecture) on three Gaussian blobs (3 epochs,
 # batch 16, so the last batch of an epoch is partial) in a fresh process, so the thread
 # settings take effect; prints the history and a digest of the test predictions' bytes.
-TRAIN = """
+TRAIN = (
+    """
 import hashlib, json
 import numpy as np
 from annlab import model as m
@@ -27,21 +38,18 @@ from annlab.speed import Speed
 
 speed = Speed.from_env()
 m.configure(speed)
-rng = np.random.default_rng(0)
-centers = rng.normal(0, 2, size=(3, 8))
-def split(n):
-    y = np.arange(n) % 3
-    return (centers[y] + rng.normal(0, 1, size=(n, 8))).astype("float32"), y
-(x, y), (xv, yv) = split(100), split(30)
-small = {"cnn": {"filters": [4]}, "lstm": {"units": [8]}}  # for images of 2x4
+"""
+    + BLOBS
+    + """small = {"cnn": {"filters": [4]}, "lstm": {"units": [8]}}  # for images of 2x4
 params = Params.model_validate({"train": {"epochs": 3, "batch_size": 16}, "model": small})
 params = params.for_cell("ann", "adam", "relu")
 m.seed_everything(7)
 model = m.compiled_model(params, (2, 4), 3, speed, len(x))
-history = m.fit(model, (x, one_hot(y, 3)), (xv, one_hot(yv, 3)), 3, 16, verbose=0, speed=speed)
+history = m.fit(model, (x, y), (xv, yv), 3, 16, verbose=0, speed=speed)
 probs = model.predict(xv, verbose=0)
 print(json.dumps({"history": history, "predictions": hashlib.sha256(probs.tobytes()).hexdigest()}))
 """
+)
 
 
 def _train(script: str = TRAIN, **env: str) -> dict:
@@ -90,7 +98,8 @@ def test_each_speed_option_alone_gives_the_same_bits(plain: dict, env: dict[str,
 # `fit`; prints, for each, the history, a digest of the predictions, every callback call with
 # its logs, and whether annlab's loop ran. A case may set the training samples (`n`), the
 # batches per call (`steps`) and the batch after which a callback stops training (`stop_at`).
-COMPARE = """
+COMPARE = (
+    """
 import hashlib, json
 import keras
 import numpy as np
@@ -100,13 +109,9 @@ from annlab.params import Params
 from annlab.speed import Speed
 
 m.configure(Speed())
-rng = np.random.default_rng(0)
-centers = rng.normal(0, 2, size=(3, 8))
-def split(n):
-    y = np.arange(n) % 3
-    return (centers[y] + rng.normal(0, 1, size=(n, 8))).astype("float32"), one_hot(y, 3)
-(x, y), (xv, yv) = split(100), split(30)
-ran = []
+"""
+    + BLOBS
+    + """ran = []
 own_fit = loop.fit
 loop.fit = lambda *args, **kwargs: ran.append(1) or own_fit(*args, **kwargs)
 
@@ -154,6 +159,7 @@ for name, (cell, overrides, options) in json.loads(CASES).items():
         })
 print(json.dumps(results))
 """
+)
 
 # Every optimizer and option annlab's loop writes out, both losses, dropout's random masks,
 # and the other architectures, with a 4-sample last batch in each epoch (100 samples); and
