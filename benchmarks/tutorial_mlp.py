@@ -13,7 +13,7 @@ from tensorflow import keras
 import numpy as np
 
 data_path, epochs, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])  # changed
-if os.environ.get("TUTORIAL_INTRA_OP_THREADS"):  # changed
+if os.environ.get("TUTORIAL_INTRA_OP_THREADS"):  # changed: pinned for the bench's same-math check
     tf.config.threading.set_intra_op_parallelism_threads(int(os.environ["TUTORIAL_INTRA_OP_THREADS"]))
 keras.utils.set_random_seed(seed)  # changed: the same seed as annlab's run
 
