@@ -312,7 +312,7 @@ def main() -> None:
         bits = "n/a" if not same[name] else ("yes" if same[name] == {True} else "no")
         acc = f"{min(accuracy[name]):.4f}-{max(accuracy[name]):.4f}" if accuracy[name] else "n/a"
         print(
-            f"{name}: {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}); same bits as keras: {bits}; "
+            f"{name}: {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f}); same bits as keras: {bits}; "
             f"test accuracy: {acc}"
         )
 

@@ -149,7 +149,9 @@ def test_the_train_step_probes_run_and_keep_their_claims_on_bits() -> None:
     if not ONEDNN:  # the claim is about oneDNN's matmuls: elsewhere it may or may not hold
         del found["epoch-loop-single-threaded"], expected["epoch-loop-single-threaded"]
     assert found == expected
-    assert all(seconds > 0 for seconds, _, _ in rows.values())
+    # At these smoke sizes an epoch can take under a millisecond on a fast CPU: a time is
+    # checked for being a time, not for its size, which `make bench` measures.
+    assert all(0 <= seconds < 600 for seconds, _, _ in rows.values())
     identical = {name for name, bits in expected.items() if bits == "yes"}
     assert {rows[name][2] for name in identical} == {rows["keras"][2]}
     assert re.fullmatch(r"(0\.\d{4}|1\.0000)-(0\.\d{4}|1\.0000)", rows["keras"][2])
