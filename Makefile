@@ -21,10 +21,10 @@ HOST ?= 127.0.0.1
 SERVER_STORE ?= sqlite:///$(CURDIR)/mlflow-server/mlflow.db
 SERVER_ARTIFACTS ?= $(CURDIR)/mlflow-server/artifacts
 
-.PHONY: help venv repro sweep sync bench test lint format ui server clean
+.PHONY: help venv repro sweep sync bench test test-fast lint format ui server clean
 
 help: ## List the targets with their purpose
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -58,8 +58,11 @@ sync: venv ## Upload to MLflow the runs it lacks (trained with ANNLAB_OFFLINE=1 
 bench: venv ## Benchmark annlab beside the tutorial's code (about 22 min); writes reports/benchmarks.md
 	python benchmarks/bench.py
 
-test: venv ## Run the test suite (includes a small end-to-end `dvc repro`)
+test: venv ## The full test suite, as CI runs it (end-to-end pipelines, servers, bench smoke: ~30 min)
 	python -m pytest
+
+test-fast: venv ## The quick loop (under 2 min): tests that run no pipeline, server or benchmark
+	python -m pytest -m "not slow"
 
 lint: venv ## Check style with ruff
 	ruff check src tests benchmarks && ruff format --check src tests benchmarks

@@ -38,6 +38,7 @@ def _train_argv(cell_dir: str) -> list[str]:
     return [*argv, "--model-dir", f"models/{cell_dir}", "--history", f"history/{cell_dir}"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_cell_writes_nothing_and_its_run_is_killed(
     tmp_path: Path, mlflow_store: str, signum: signal.Signals
@@ -82,6 +83,7 @@ def test_an_interrupted_cell_writes_nothing_and_its_run_is_killed(
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2
 
 
+@pytest.mark.slow
 def test_an_unreachable_tracking_server_stops_the_stage_within_seconds(tmp_path: Path) -> None:
     processed_blobs(tmp_path / "data", n_train=60)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2}}))
@@ -483,6 +485,7 @@ def test_a_signal_during_training_ends_it_after_the_step_then_raises(
         time.sleep(5)
 
 
+@pytest.mark.slow
 def test_a_second_signal_stops_training_at_once() -> None:
     """Sent twice, a signal raises from within the step: in a process of its own, since that is
     the risky way out of TensorFlow that a single signal avoids."""

@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import dvc, repro
@@ -47,6 +48,7 @@ def _ran(proc: subprocess.CompletedProcess[str]) -> set[str]:
     return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
 
 
+@pytest.mark.slow
 def test_stages_gone_from_dvc_yaml_leave_dvc_lock_and_come_back_from_the_run_cache(tmp_path: Path) -> None:
     repo = _repo(tmp_path, ["a", "b", "c"])
     assert _ran(repro(repo, 1, store=None)) == {"cell@a", "cell@b", "cell@c"}
@@ -66,6 +68,7 @@ def test_stages_gone_from_dvc_yaml_leave_dvc_lock_and_come_back_from_the_run_cac
     assert sorted(_locked(repo)) == ["cell@a", "cell@b", "cell@c"]
 
 
+@pytest.mark.slow
 def test_a_failed_repro_leaves_dvc_lock_alone(tmp_path: Path) -> None:
     repo = _repo(tmp_path, ["a", "b"])
     repro(repo, 1, store=None)

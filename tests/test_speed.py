@@ -80,6 +80,7 @@ def test_the_default_speed_options_give_the_same_bits(plain: dict) -> None:
     assert len(plain["history"]["loss"]) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "env",
     [
@@ -184,6 +185,7 @@ OWN_LOOP_CASES = {
 }
 
 
+@pytest.mark.slow
 def test_annlab_loop_gives_keras_fit_bits_for_every_optimizer_and_architecture() -> None:
     script = f"CASES = {json.dumps(json.dumps(OWN_LOOP_CASES))}\n{COMPARE}"
     results = _train(script)
@@ -234,11 +236,13 @@ def _script(model_type: str) -> str:
     return script
 
 
+@pytest.mark.slow
 def test_an_lstm_gives_the_same_bits_too() -> None:
     script = _script("lstm")
     assert _train(script) == _train(script, **PLAIN)
 
 
+@pytest.mark.slow
 def test_a_cnn_gives_the_same_bits_at_the_same_thread_count() -> None:
     script = _script("cnn")
     fast = _train(script)
