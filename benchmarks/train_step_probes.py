@@ -1,4 +1,4 @@
-"""Probes of the training step's cost, behind the README's "what else was tried" table.
+"""Probes of the training step's cost, behind docs/performance.md's "what else was tried" table.
 
 Each variant trains the benchmark's 784-128-64-10 MLP (batch 32, Adam, seed 42 unless --seed)
 on the benchmark's 60,000 synthetic MNIST-shaped images (by default), prints its seconds per

@@ -1,4 +1,4 @@
-"""Retake the README's MLflow UI screenshots in a real browser, against `make ui`.
+"""Retake docs/mlflow.md's MLflow UI screenshots in a real browser, against `make ui`.
 
 Not part of the project's environment (it needs a browser): run it after `make repro` with
 `make ui` serving on 127.0.0.1:5000, from a separate environment:

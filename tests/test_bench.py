@@ -113,7 +113,7 @@ def test_the_benchmark_runs_and_reports_every_part(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_train_step_probes_run_and_keep_their_claims_on_bits() -> None:
-    """The README's table of what else was tried: each variant runs, the ones it calls
+    """docs/performance.md's table of what else was tried: each variant runs, the ones it calls
     bit-identical to Keras are (the fused kernel's float32 `1 - beta` is not, nor are the
     single-threaded executor's matmuls, which miss oneDNN where oneDNN is in use, unless its
     step is a function of its own), and those reach Keras' test accuracy exactly."""
