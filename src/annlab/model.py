@@ -3,6 +3,7 @@ params, and train it (imports Keras: train, evaluate and the benchmark only)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,11 @@ def configure(speed: Speed) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(speed.inter_op_threads)
     except RuntimeError:
         pass  # TensorFlow already ran in this process (tests): its pools stay, results do not change
-    if tf.config.list_physical_devices("GPU"):
+    if gpus := tf.config.list_physical_devices("GPU"):
         tf.config.experimental.enable_op_determinism()
+        for gpu in gpus:  # cells sharing a GPU (ANNLAB_GPUS_PER_CELL=0.5) each take what they use
+            with contextlib.suppress(RuntimeError):  # already initialized in this process
+                tf.config.experimental.set_memory_growth(gpu, True)
 
 
 def seed_everything(seed: int) -> None:

@@ -48,8 +48,12 @@ def summary_text(model: Any) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Train the cell once per seed; save models and histories; log each seed as an MLflow run."""
+def main(argv: list[str] | None = None) -> dict[str, float | None]:
+    """Train the cell once per seed; save models and histories; log each seed as an MLflow run.
+
+    Returns what a warm worker reports of the cell: its final validation accuracy (the mean
+    over the seeds that did not diverge; None if all did) and its training seconds.
+    """
     p = cli.parser(__doc__)
     p.add_argument("--model", required=True, choices=get_args(ModelType))
     p.add_argument("--optimizer", required=True, choices=get_args(OptimizerName))
@@ -136,8 +140,12 @@ def main(argv: list[str] | None = None) -> None:
                 link.call(lambda: tracking.log_metric_points(mlflow.active_run().info.run_id, pending))
             self.pending, self.flushed = [], time.monotonic()
 
+    finals: list[float] = []
+    train_seconds = 0.0
+
     def train_seed(seed: int, seed_dir: Path, history_path: Path) -> str:
         """Train one seed of the cell in its own MLflow run, save it; return a one-line summary."""
+        nonlocal train_seconds
         annmodel.seed_everything(seed)
         logged_params = tracking.cell_params(base, args.model, args.optimizer, args.activation, seed)
         key = tracking.cell_key(cell, logged_params, digest)
@@ -164,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                 logger.flush()  # an interrupted run keeps its curves up to the last epoch
                 raise
             seconds = time.perf_counter() - started
+            train_seconds += seconds
             history = {c: fitted[c] for c in HISTORY_COLUMNS[1:]}
             diverged_at = diverged_epoch(history)
             best_val, best_at = best_epoch(history)
@@ -199,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             link.call(tracking.log_cell_outputs, seed_dir, history_path, x_train, model)
         if diverged_at is not None:
             return f"train: {name}: diverged at epoch {diverged_at} (loss no longer finite); stopped"
+        finals.append(history["val_accuracy"][-1])
         return f"train: {name}: val_accuracy={history['val_accuracy'][-1]:.4f} in {seconds:.1f}s"
 
     # One atomic write for all seeds: a failure leaves the previous outputs, never a partial cell.
@@ -214,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             f"train: MLflow tracking server {link.lost}: the outputs are complete;"
             " `annlab sync` uploads the runs"
         )
+    return {"val_accuracy": sum(finals) / len(finals) if finals else None, "train_seconds": train_seconds}
 
 
 if __name__ == "__main__":
