@@ -6,8 +6,12 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 PORT ?= 5000
-# Grid cells trained at once by `make repro`, experiments at once by `make sweep`: one per core.
+# Grid cells trained at once by `make repro` (warm local workers), experiments at once by
+# `make sweep`: one per core.
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# Where `make repro` trains the stale cells: auto (a Ray cluster when RAY_ADDRESS is set, else
+# JOBS local workers), local, ray, or dvc (JOBS cold `dvc repro` processes).
+EXECUTOR ?= auto
 # `make sweep`: one queued experiment per value (space-separated overrides, comma-separated values).
 SET ?= optimizers.sgd.learning_rate=0.05,0.1
 
@@ -36,10 +40,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP) ## Create .venv from the pinned requirements (done by the other targets)
 
-repro: venv ## Run the pipeline: check params.yaml, then `dvc repro` (only what changed; JOBS cells at once)
+repro: venv ## Run the pipeline: only what changed; stale cells on JOBS warm workers (or Ray: RAY_ADDRESS)
 	@# Before DVC itself reads params.yaml to expand the grid, so even a broken grid gets our message.
 	@PYTHONPATH=src python -m annlab.stages.validate --params params.yaml
-	PYTHONPATH=src python -m annlab.repro --jobs $(JOBS)
+	PYTHONPATH=src python -m annlab.repro --jobs $(JOBS) --executor $(EXECUTOR)
 
 sweep: venv ## Queue one experiment per value of SET (key=v1,v2), run JOBS at a time, show them
 	@PYTHONPATH=src python -m annlab.stages.validate --params params.yaml

@@ -1,12 +1,12 @@
-"""`make repro`: `dvc repro`, with the grid's stale train cells run JOBS at a time first.
+"""`make repro`: `dvc repro`, with the grid's stale cells trained on warm workers first.
 
-DVC runs one stage at a time, and a cell spends most of its time on one core. The cells are
-independent (each reads data/processed and writes its own folders), and DVC lets several
-`dvc repro` processes share a repository: it holds its repository lock only between stage
-commands and locks each stage's outputs while the command runs. So after the stages upstream
-of the grid, the stale cells are dealt to JOBS `dvc repro` processes; a last `dvc repro` then
-runs what is left (evaluate, plot, report) and finds the cells done. DVC still decides what is
-stale and caches every result: nothing here replaces it.
+After the stages upstream of the grid, each stale cell is first looked up in DVC's run cache
+(a teammate's push, an earlier grid) and checked out if there; the rest go to an executor
+(`annlab.executor`): warm local worker processes, or a Ray cluster when RAY_ADDRESS is set.
+Each finished cell is recorded as `dvc commit` records it (dvc.lock, the cache and the run
+cache), so DVC stays the source of truth: a last `dvc repro` runs what is left (evaluate,
+plot, report) and finds the cells done. `--executor dvc` deals the cells to JOBS cold
+`dvc repro` processes instead, as before the executor.
 
 Last, dvc.lock loses the entries of stages that dvc.yaml no longer has (see `prune_lock`).
 """
@@ -14,12 +14,24 @@ Last, dvc.lock loses the entries of stages that dvc.yaml no longer has (see `pru
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from annlab.executor import Cell, Outcome
 
 GRID_STAGE = "train"  # the matrix stage whose cells run side by side
 UPSTREAM = "preprocess"  # the last stage before the grid
+DATA_DIR = "data/processed"  # what the cells read (dvc.yaml: train's deps), shipped to Ray once
+PARAMS = "params.yaml"
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
 
 
 def lanes(stages: list[str], jobs: int) -> list[list[str]]:
@@ -57,35 +69,210 @@ def prune_lock(repo_dir: str | Path = ".") -> list[str]:
     return stale
 
 
+def stale_cells(repo: Any) -> list[Cell]:
+    """The grid's cells whose DVC stage is not up to date, in dvc.yaml's order."""
+    from annlab.executor import cell_from_command
+
+    changed = set(repo.status(targets=[GRID_STAGE]))
+    return [
+        cell_from_command(stage.addressing, stage.cmd)
+        for stage in repo.stage.collect(GRID_STAGE)
+        if stage.addressing in changed
+    ]
+
+
+def restore_from_run_cache(repo: Any, stage_name: str) -> bool:
+    """Check a cell's outputs out of DVC's run cache and record it, as `dvc repro` would; False
+    when the run cache has no run of the cell with these deps and params.
+
+    As `dvc repro` does, the stale outputs are removed first. The run cache is this machine's
+    (earlier grids, other experiments): a cell's histories are `cache: false` outputs that live
+    in git, which `dvc push --run-cache` does not send, so a teammate gets cells by pulling a
+    committed dvc.lock instead (docs/team.md).
+    """
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    (stage,) = repo.stage.collect(stage_name)
+    with repo.lock:
+        stage.save_deps()
+        stage.remove_outs(ignore_remove=False, force=False)
+        try:
+            repo.stage_cache.restore(stage)
+        except RunCacheNotFoundError:
+            return False
+        stage.save()
+        stage.commit()
+        stage.dump(update_pipeline=False)
+    return True
+
+
+def commit_cell(repo: Any, stage_name: str) -> None:
+    """Record a cell trained outside DVC as `dvc commit` does: dvc.lock, the cache, the run cache."""
+    repo.commit(stage_name, force=True)
+
+
+class StopRequests:
+    """Counts SIGINT / SIGTERM while the cells run, instead of raising: the executor asks each
+    worker to stop after its step at the first, at once at the second."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        return self.count
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        def on_signal(signum: int, frame: Any) -> None:
+            self.count += 1
+            how = "after their current step" if self.count == 1 else "now"
+            print(f"\n{signal.Signals(signum).name}: stopping the workers {how}", file=sys.stderr, flush=True)
+
+        before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+
+def make_executor(kind: str, jobs: int) -> Any:
+    """The executor `kind` names (`auto`: Ray when RAY_ADDRESS is set, local processes otherwise)."""
+    from annlab.executor import LocalExecutor, RayExecutor
+
+    address = os.environ.get(RAY_ADDRESS_ENV, "").strip()
+    if kind == "ray" or (kind == "auto" and address):
+        executor = RayExecutor(address or "auto", Path(DATA_DIR), Path(PARAMS))
+        executor.connect()
+        return executor
+    return LocalExecutor(jobs)
+
+
+def record_stats(outcome: Outcome) -> None:
+    """For `make bench` (ANNLAB_STAGE_STATS set): a trained cell's seconds, its training's, and
+    its worker's peak memory, as the stages write theirs."""
+    from annlab.cli import STATS_ENV
+
+    if path := os.environ.get(STATS_ENV):
+        line = {
+            "stage": outcome.cell.stage,
+            "seconds": outcome.seconds,
+            "train_seconds": outcome.train_seconds,
+            "peak_rss_mib": outcome.peak_rss_mib,
+            "worker": outcome.worker,
+        }
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def cell_line(n: int, total: int, outcome: Outcome, width: int) -> str:
+    """One line of progress: `[3/9] ann-adam-relu  val 0.9694  4.1 s`, or the failure."""
+    head = f"[{n}/{total}] {outcome.cell.name:<{width}}"
+    if outcome.status == "trained":
+        val = "diverged" if outcome.val_accuracy is None else f"val {outcome.val_accuracy:.4f}"
+        return f"{head}  {val}  {outcome.seconds:.1f} s"
+    if outcome.status == "interrupted":
+        return f"{head}  interrupted ({outcome.error})"
+    first, *rest = outcome.error.splitlines() or [""]
+    return "\n".join([f"{head}  FAILED: {first}", *(f"    {line}" for line in rest)])
+
+
+def run_cells(kind: str, jobs: int) -> int:
+    """Restore or train the stale cells, recording each with DVC; 0, 1 (a cell failed) or 130."""
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        stale = stale_cells(repo)
+        width = max((len(cell.name) for cell in stale), default=0)
+        restored = []
+        for cell in stale:
+            if restore_from_run_cache(repo, cell.stage):
+                restored.append(cell)
+                head = f"[{len(restored)}/{len(stale)}] {cell.name:<{width}}"
+                print(f"{head}  restored from the run cache", flush=True)
+    todo = [cell for cell in stale if cell not in restored]
+    counts = {"trained": 0, "failed": 0, "interrupted": 0}
+    if todo:
+        stop = StopRequests()
+        executor = make_executor(kind, min(jobs, len(todo)))
+        print(executor.describe(), flush=True)
+        with stop.installed(), Repo() as repo:
+            for outcome in executor.run(todo, stop):
+                if outcome.status == "trained":
+                    commit_cell(repo, outcome.cell.stage)
+                    record_stats(outcome)
+                counts[outcome.status] += 1
+                n = len(restored) + sum(counts.values())
+                failed = outcome.status == "failed"
+                print(
+                    cell_line(n, len(stale), outcome, width),
+                    file=sys.stderr if failed else sys.stdout,
+                    flush=True,
+                )
+        if stop():
+            counts["interrupted"] += len(todo) - sum(counts.values())
+    summary = f"trained {counts['trained']}, restored {len(restored)} from cache, failed {counts['failed']}"
+    if counts["interrupted"]:
+        summary += f", interrupted {counts['interrupted']} (the next `make repro` trains them)"
+    print(summary, flush=True)
+    if counts["interrupted"]:
+        return 130
+    return 1 if counts["failed"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Reproduce the pipeline, running stale grid cells `--jobs` at a time; DVC's exit status."""
+    """Reproduce the pipeline, the stale grid cells on warm workers; 0 when all went well."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--jobs", type=int, default=2, help="cells trained at once (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=2, help="local workers (default: %(default)s)")
+    p.add_argument(
+        "--executor",
+        choices=["auto", "local", "ray", "dvc"],
+        default="auto",
+        help="where the stale cells run: auto (ray when RAY_ADDRESS is set, else local), local"
+        " worker processes, a ray cluster, or dvc (JOBS cold `dvc repro` processes)",
+    )
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: expected 1 or more")
 
     from dvc.cli import main as dvc
-    from dvc.repo import Repo
 
-    if args.jobs > 1:
-        if code := dvc(["repro", UPSTREAM]):
+    from annlab.errors import UserError
+
+    if code := dvc(["repro", UPSTREAM]):
+        return code
+    if args.executor == "dvc":
+        if code := cold_cells(args.jobs):
             return code
-        with Repo() as repo:
-            stale = [name for name in repo.status(targets=[GRID_STAGE]) if name.startswith(f"{GRID_STAGE}@")]
-        if len(stale) > 1:
-            print(f"repro: {len(stale)} stale cells, {args.jobs} at a time", flush=True)
-            # --single-item: the upstream stages are done, and checking them again from two
-            # processes would have DVC lock data/processed for writing while a cell reads it.
-            command = ["dvc", "--wait-for-lock", "repro", "--single-item"]
-            running = [subprocess.Popen([*command, *lane]) for lane in lanes(stale, args.jobs)]
-            codes = [proc.wait() for proc in running]
-            if any(codes):
-                return next(code for code in codes if code)
+    else:
+        try:
+            code = run_cells(args.executor, args.jobs)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if code:
+            return code
     if code := dvc(["repro"]):
         return code
     if stale := prune_lock():
         print(f"repro: dvc.lock: dropped {len(stale)} stages dvc.yaml no longer has", flush=True)
+    return 0
+
+
+def cold_cells(jobs: int) -> int:
+    """The stale cells dealt to `jobs` cold `dvc repro` processes; the first failure's status."""
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        stale = [name for name in repo.status(targets=[GRID_STAGE]) if name.startswith(f"{GRID_STAGE}@")]
+    if len(stale) > 1 and jobs > 1:
+        print(f"repro: {len(stale)} stale cells, {jobs} at a time", flush=True)
+        # --single-item: the upstream stages are done, and checking them again from two
+        # processes would have DVC lock data/processed for writing while a cell reads it.
+        command = ["dvc", "--wait-for-lock", "repro", "--single-item"]
+        running = [subprocess.Popen([*command, *lane]) for lane in lanes(stale, jobs)]
+        codes = [proc.wait() for proc in running]
+        return next((code for code in codes if code), 0)
     return 0
 
 
