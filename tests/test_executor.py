@@ -1,0 +1,432 @@
+"""`make repro`'s executor end to end: warm local workers and a real Ray cluster give the bits of a
+cold `dvc repro`, record each cell as DVC would, survive a failing cell, a killed worker and
+Ctrl-C, and a teammate who pulls from a DVC remote trains nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from annlab.errors import UserError
+from annlab.executor import cell_from_command, ray_resources, version_mismatch
+from conftest import dvc, repro, small_repo
+
+CELLS = ["ann-sgd-relu", "ann-sgd-tanh", "ann-adam-relu", "ann-adam-tanh"]
+SUMMARY = re.compile(r"^trained (\d+), restored (\d+) from cache, failed (\d+)", re.MULTILINE)
+# Ray puts every process on loopback (127.0.0.1) instead of the machine's first interface.
+RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _small(epochs: int = 2) -> object:
+    def edit(params: dict) -> None:
+        params["data"]["subset"] = 300
+        params["train"]["epochs"] = epochs
+        params["grid"] = {"model": ["ann"], "optimizer": ["sgd", "adam"], "activation": ["relu", "tanh"]}
+        params["grid"]["seeds"] = None
+
+    return edit
+
+
+def _store(repo: Path) -> str:
+    return f"sqlite:///{repo / 'mlflow.db'}"
+
+
+def _summary(proc: subprocess.CompletedProcess[str] | str) -> tuple[int, int, int]:
+    text = proc if isinstance(proc, str) else proc.stdout
+    m = SUMMARY.search(text)
+    assert m, text
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def _status(repo: Path) -> dict:
+    return json.loads(dvc(repo, "status", "--json", store=_store(repo)).stdout)
+
+
+def _results(repo: Path) -> dict[str, bytes]:
+    """What must not depend on where a cell trained: histories, metrics, per-seed evaluations,
+    predictions, and every model file but its wall-clock timing and Keras' dated zip."""
+    files = {}
+    for top in ("reports/history", "reports/metrics", "reports/eval", "reports/predictions", "models"):
+        for path in sorted((repo / top).rglob("*")):
+            if path.is_file() and path.name not in ("timing.json", "model.keras"):
+                files[str(path.relative_to(repo))] = path.read_bytes()
+    return files
+
+
+def _weights(repo: Path) -> dict[str, list]:
+    import keras
+
+    return {
+        cell: [
+            w.tolist()
+            for w in keras.saving.load_model(repo / f"models/{cell}/seed-42/model.keras").get_weights()
+        ]
+        for cell in CELLS
+    }
+
+
+def _lock_entries(repo: Path) -> dict:
+    """dvc.lock's cell entries, with the models folder's hash set apart (see _results)."""
+    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    entries = {}
+    for name, entry in stages.items():
+        if name.startswith("train@"):
+            masked = {"md5": "-", "size": "-"}
+            outs = [{**o, **masked} if o["path"].startswith("models/") else o for o in entry["outs"]]
+            entries[name] = {
+                "cmd": entry["cmd"],
+                "deps": entry["deps"],
+                "params": entry["params"],
+                "outs": outs,
+            }
+    return entries
+
+
+def _popen(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    bin_dir = str(Path(sys.executable).parent)
+    full = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": "src",
+        "MLFLOW_TRACKING_URI": _store(repo),
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "annlab.repro", *args],
+        cwd=repo,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(predicate: object, what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.1)
+
+
+def _training(repo: Path) -> bool:
+    """Whether a cell is being trained (io.atomic_path's temporary sibling of its folder exists)."""
+    return any((repo / "models").glob(".ann-*")) if (repo / "models").exists() else False
+
+
+def _workers(driver: int) -> list[int]:
+    """The local executor's worker processes: the driver's spawned children (not its resource tracker)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = int(re.search(r"^PPid:\s+(\d+)", status.read_text(), re.MULTILINE)[1])
+            cmdline = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, TypeError):
+            continue
+        if ppid == driver and "spawn_main" in cmdline and "resource_tracker" not in cmdline:
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def grids(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same small grid trained by the executor (two warm workers, two cells each) and by a
+    cold, bare `dvc repro`."""
+    warm = tmp_path_factory.mktemp("warm")
+    small_repo(warm, _small())
+    cold = tmp_path_factory.mktemp("cold")
+    shutil.copytree(warm, cold, dirs_exist_ok=True)
+    first = repro(warm, 2, _store(warm))
+    dvc(cold, "repro", store=_store(cold))
+    return {"warm": warm, "cold": cold, "first": first}  # type: ignore[dict-item]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_a_cell_is_read_from_its_stage_command() -> None:
+    cmd = (
+        "PYTHONPATH=src python -m annlab.stages.train --model ann --optimizer adam --activation relu"
+        " --data data/processed --model-dir models/ann-adam-relu --history reports/history/ann-adam-relu"
+    )
+    cell = cell_from_command("train@ann-adam-relu", cmd)
+    assert cell.name == "ann-adam-relu"
+    assert cell.argv[:2] == ("--model", "ann")
+    assert cell.outputs == ("models/ann-adam-relu", "reports/history/ann-adam-relu")
+    with pytest.raises(UserError, match="does not run"):
+        cell_from_command("train@x", "python other.py")
+
+
+def test_ray_resources_come_from_the_environment() -> None:
+    assert ray_resources({}) == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert ray_resources({"ANNLAB_CPUS_PER_CELL": "2", "ANNLAB_GPUS_PER_CELL": "0.25"}) == {
+        "num_cpus": 2.0,
+        "num_gpus": 0.25,
+    }
+    for env in ({"ANNLAB_CPUS_PER_CELL": "0"}, {"ANNLAB_GPUS_PER_CELL": "-1"}, {"ANNLAB_CPUS_PER_CELL": "x"}):
+        with pytest.raises(UserError, match=next(iter(env))):
+            ray_resources(env)
+
+
+def test_a_version_mismatch_names_both_versions() -> None:
+    here = {"python": "3.11.7", "ray": "2.60.0", "tensorflow": "2.21.0"}
+    assert version_mismatch(here, dict(here)) is None
+    message = version_mismatch(here, {**here, "tensorflow": "2.20.0"})
+    assert message and "tensorflow 2.21.0 here, 2.20.0 on the cluster" in message
+    assert "ray" not in message.split(":", 1)[1].replace("Ray cluster", "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Local workers
+
+
+@pytest.mark.slow
+def test_the_executor_reports_where_cells_run_and_each_cell(grids: dict) -> None:
+    out = grids["first"].stdout
+    assert "executor: local, 2 workers" in out
+    for cell in CELLS:
+        assert re.search(rf"^\[\d/4\] {cell}\s+val 0\.\d{{4}}\s+\d+\.\d s$", out, re.MULTILINE), out
+    assert _summary(grids["first"]) == (4, 0, 0)
+    assert "Running stage 'train@" not in out  # no cold stage command ran a cell
+
+
+@pytest.mark.slow
+def test_warm_workers_give_the_bits_of_a_cold_dvc_repro(grids: dict) -> None:
+    warm, cold = grids["warm"], grids["cold"]
+    assert _results(warm) == _results(cold)
+    assert _weights(warm) == _weights(cold)
+
+
+@pytest.mark.slow
+def test_cells_are_recorded_as_dvc_repro_records_them(grids: dict) -> None:
+    warm, cold = grids["warm"], grids["cold"]
+    assert _lock_entries(warm) == _lock_entries(cold)
+    assert sorted(_lock_entries(warm)) == sorted(f"train@{c}" for c in CELLS)
+    assert _status(warm) == {}
+    again = repro(warm, 2, _store(warm))
+    assert "Running stage" not in again.stdout and _summary(again) == (0, 0, 0)
+    # The run cache holds every cell: cleared from the workspace and dvc.lock, each comes back
+    # without training.
+    lock = yaml.safe_load((warm / "dvc.lock").read_text())
+    for cell in CELLS:
+        del lock["stages"][f"train@{cell}"]
+        shutil.rmtree(warm / "models" / cell)
+    (warm / "dvc.lock").write_text(yaml.safe_dump(lock))
+    before = _results(cold)
+    restored = repro(warm, 2, _store(warm))
+    assert _summary(restored) == (0, 4, 0)
+    assert _results(warm) == before and _status(warm) == {}
+
+
+@pytest.mark.slow
+def test_a_failing_cell_is_named_and_the_others_complete(tmp_path: Path) -> None:
+    small_repo(tmp_path, _small())
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/ann-sgd-tanh").write_text("a file where the cell's folder goes\n")
+    proc = repro(tmp_path, 2, _store(tmp_path), check=False)
+    assert proc.returncode == 1
+    assert re.search(r"^\[\d/4\] ann-sgd-tanh\s+FAILED: \S", proc.stderr, re.MULTILINE), proc.stderr
+    assert _summary(proc) == (3, 0, 1)
+    stale = _status(tmp_path)
+    assert "train@ann-sgd-tanh" in stale
+    assert not any(f"train@{cell}" in stale for cell in CELLS if cell != "ann-sgd-tanh")
+    assert not (tmp_path / "reports/comparison.md").exists()  # the report waits for every cell
+
+
+@pytest.mark.slow
+def test_a_killed_worker_has_its_cell_retried_on_a_fresh_one(tmp_path: Path) -> None:
+    small_repo(tmp_path, _small(epochs=150))
+    driver = _popen(tmp_path, "--jobs", "2")
+    try:
+        _wait_for(lambda: _training(tmp_path) and _workers(driver.pid), "training")
+        os.kill(_workers(driver.pid)[0], signal.SIGKILL)
+        out, _ = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, out
+    assert "its worker died (killed by SIGKILL); retrying it on a fresh worker" in out
+    assert _summary(out) == (4, 0, 0)
+    assert _status(tmp_path) == {}
+    assert not list((tmp_path / "models").glob(".ann-*")), "a killed worker's partial outputs were left"
+    client = MlflowClient(_store(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("annlab").experiment_id])
+    finished = sorted(
+        r.info.run_name for r in runs if r.info.status == "FINISHED" and r.info.run_name in CELLS
+    )
+    assert finished == sorted(CELLS)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_keeps_finished_cells_and_the_next_run_trains_the_rest(
+    tmp_path: Path,
+) -> None:
+    small_repo(tmp_path, _small(epochs=150))
+    driver = _popen(tmp_path, "--jobs", "2")
+    lines = []
+    try:
+        for line in driver.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if re.match(r"^\[1/4\] ", line):
+                driver.send_signal(signal.SIGINT)
+                break
+        out = "".join(lines) + driver.communicate(timeout=300)[0]
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, out
+    trained, _, failed = _summary(out)
+    assert 1 <= trained < 4 and failed == 0
+    assert f"interrupted {4 - trained}" in out
+    assert not list((tmp_path / "models").glob(".ann-*"))
+    stale = {name for name in _status(tmp_path) if name.startswith("train@")}
+    assert len(stale) == 4 - trained
+    rest = repro(tmp_path, 2, _store(tmp_path))
+    assert _summary(rest) == (4 - trained, 0, 0)
+    assert _status(tmp_path) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# A real Ray cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with 2 CPUs and no dashboard; its address."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    env = {**os.environ, **RAY_LOOPBACK}
+    ray = str(Path(sys.executable).parent / "ray")
+    with log.open("w") as out:
+        head = subprocess.Popen(
+            [
+                ray,
+                "start",
+                "--ray-client-server-port",
+                str(_free_port()),
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num-cpus",
+                "2",
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+                "--block",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+        _wait_for(
+            lambda: "Ray runtime started" in log.read_text() or head.poll() is not None, "ray start", 120
+        )
+        assert head.poll() is None, log.read_text()
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=10)  # Ray drains for up to 30 s; nothing of this test's is left to drain
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def _ray_env(address: str) -> dict[str, str]:
+    return {"RAY_ADDRESS": address, **RAY_LOOPBACK}
+
+
+@pytest.mark.slow
+def test_a_ray_cluster_gives_the_local_bits_and_one_mlflow_run_per_cell(
+    ray_head: str, grids: dict, tmp_path: Path
+) -> None:
+    small_repo(tmp_path, _small())
+    driver = _popen(tmp_path, env=_ray_env(ray_head))
+    out, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out
+    assert f"executor: ray at {ray_head}, 2 CPUs" in out
+    assert _summary(out) == (4, 0, 0)
+    assert _results(tmp_path) == _results(grids["cold"])
+    assert _lock_entries(tmp_path) == _lock_entries(grids["cold"])
+    assert _status(tmp_path) == {}
+    client = MlflowClient(_store(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("annlab").experiment_id])
+    cells = sorted(r.info.run_name for r in runs if r.data.tags.get("annlab.role") == "cell")
+    assert cells == sorted(CELLS)
+
+
+@pytest.mark.slow
+def test_a_killed_ray_worker_is_retried_and_nothing_is_duplicated(ray_head: str, tmp_path: Path) -> None:
+    small_repo(tmp_path, _small(epochs=300))
+    driver = _popen(tmp_path, env=_ray_env(ray_head))
+
+    def ray_workers() -> list[int]:
+        found = subprocess.run(["pgrep", "-f", "ray::_ray_train"], capture_output=True, text=True).stdout
+        return [int(pid) for pid in found.split()]
+
+    try:
+        _wait_for(ray_workers, "a Ray task")
+        time.sleep(3)  # into its training
+        os.kill(ray_workers()[0], signal.SIGKILL)
+        out, _ = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, out
+    assert _summary(out) == (4, 0, 0)
+    assert _status(tmp_path) == {}
+    client = MlflowClient(_store(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("annlab").experiment_id])
+    cells = sorted(r.info.run_name for r in runs if r.data.tags.get("annlab.role") == "cell")
+    assert cells == sorted(CELLS)
+
+
+# ---------------------------------------------------------------------------------------------
+# A DVC remote shared by a team
+
+
+@pytest.mark.slow
+def test_a_teammate_who_pulls_from_the_remote_trains_nothing(tmp_path: Path) -> None:
+    a, b, remote = tmp_path / "a", tmp_path / "b", tmp_path / "remote"
+    a.mkdir()
+    small_repo(a, _small())
+    git = ["git", "-c", "user.name=annlab-test", "-c", "user.email=test@annlab.invalid"]
+    dvc(a, "remote", "add", "-d", "team", str(remote), store=None)
+    subprocess.run([*git, "commit", "-qam", "a DVC remote for the team"], cwd=a, check=True)
+    assert _summary(repro(a, 2, _store(a))) == (4, 0, 0)
+    dvc(a, "push", "--run-cache", store=None)
+    subprocess.run([*git, "add", "-A"], cwd=a, check=True)
+    subprocess.run([*git, "commit", "-qm", "grid results"], cwd=a, check=True)
+    # A fresh clone: git brings dvc.lock and the small reports, the remote the data and models.
+    subprocess.run(["git", "clone", "-q", str(a), str(b)], check=True)
+    assert not list((b / "models").glob("*/seed-*")) and not (b / "data/processed").exists()
+    dvc(b, "pull", store=None)
+    proc = repro(b, 2, _store(b))
+    assert _summary(proc) == (0, 0, 0)
+    assert "Running stage" not in proc.stdout and "executor:" not in proc.stdout
+    assert _status(b) == {}
+    assert _results(b) == _results(a)
+    assert _weights(b) == _weights(a)
+    for path in ("reports/comparison.csv", "reports/summary.json"):
+        assert (b / path).read_bytes() == (a / path).read_bytes(), path
