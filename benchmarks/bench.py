@@ -14,10 +14,12 @@ Measured, each side in fresh processes so that every run pays what a user pays:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -335,6 +337,18 @@ def bench_pipeline(
         floor.append(_timed(["dvc", "repro"], floor_repo, env))
     n_stages = len(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
     make_noop = [_make_repro(repo, env, jobs) for _ in range(noop_repeats)]
+    cells = _cell_stats(stats_file)
+    # Five seeds per cell, from nothing, once: the affordable default the confidence report needs.
+    seeds = [1, 2, 3, 4, 5]
+    _fresh(repo)
+    _set_params(repo, {"grid.seeds": seeds})
+    seeds_file = tmp / "seeds.jsonl"
+    five_seeds = _make_repro(repo, {**env, "ANNLAB_STAGE_STATS": str(seeds_file)}, jobs)
+    _set_params(repo, {"grid.seeds": None})
+    workers = _worker_memory(_cell_stats(seeds_file), len(seeds))
+    # The default grid through a local Ray cluster of as many CPUs, from nothing, once.
+    _fresh(repo)
+    on_ray = _ray_repro(repo, env, jobs, tmp)
     if serial:
         _fresh(repo)
     return {
@@ -349,8 +363,96 @@ def bench_pipeline(
         "make_noop": stats(make_noop),
         "peak_rss_mib": peaks,
         "stage_seconds": {stage: statistics.median(v) for stage, v in seconds.items()},
+        "overhead": stats([c["seconds"] - c["train_seconds"] for c in cells]),
+        "cell_seconds": stats([c["seconds"] for c in cells]),
+        "five_seeds": {"seeds": len(seeds), "seconds": five_seeds, "workers": workers},
+        "ray": on_ray,
         "overrides": overrides,
     }
+
+
+def _set_params(repo: Path, overrides: dict[str, Any]) -> None:
+    """Edit the clone's params.yaml in place (`a.b` keys)."""
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in overrides.items():
+        *parents, last = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _cell_stats(path: Path) -> list[dict[str, Any]]:
+    """The executor's line per trained cell (annlab.repro.record_stats), in the order they finished."""
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [line for line in lines if line["stage"].startswith("train@") and "worker" in line]
+
+
+def _worker_memory(cells: list[dict[str, Any]], seeds: int) -> dict[str, Any]:
+    """Peak RSS of the warm worker that trained the most runs: after its first cell and its last."""
+    by_worker: dict[str, list[float]] = {}
+    for cell in cells:
+        by_worker.setdefault(cell["worker"], []).append(cell["peak_rss_mib"])
+    if not by_worker:
+        return {}
+    rss = max(by_worker.values(), key=len)
+    return {
+        "workers": len(by_worker),
+        "runs": len(rss) * seeds,
+        "first_runs": seeds,
+        "first_mib": rss[0],
+        "last_mib": rss[-1],
+        "growth": rss[-1] / rss[0] - 1,
+        "max_mib": max(max(v) for v in by_worker.values()),
+    }
+
+
+def _ray_repro(repo: Path, env: dict[str, str], cpus: int, tmp: Path) -> dict[str, Any]:
+    """`make repro` of the grid from nothing through a Ray head started here (loopback, `cpus`
+    CPUs, no dashboard); the head's start is not counted."""
+    port = _free_port()
+    ray_env = {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # every Ray process on 127.0.0.1
+    log = tmp / "ray-head.log"
+    with log.open("w") as out:
+        head = subprocess.Popen(
+            [
+                *(str(ROOT / ".venv/bin/ray"), "start", "--head", "--node-ip-address", "127.0.0.1"),
+                *("--port", str(port), "--ray-client-server-port", str(_free_port())),
+                *("--num-cpus", str(cpus), "--include-dashboard", "false"),
+                *("--disable-usage-stats", "--block"),
+            ],
+            env=ray_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start failed:\n{log.read_text()}")
+            time.sleep(0.2)
+        seconds = _make_repro(repo, {**ray_env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, cpus)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=10)  # Ray drains for up to 30 s; nothing is left to drain
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+    return {"cpus": cpus, "seconds": seconds}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def machine() -> dict[str, str]:
@@ -447,8 +549,12 @@ def markdown(result: dict[str, Any]) -> str:
     speedup_xla = tut["epoch"]["median"] / xla["epoch"]["median"]
     training_measured, training_verdict = training_target(t)
     ratio = p["pipeline"]["median"] / p["tutorial"]["median"]
-    noop = p["noop"]["median"]
+    noop, floor, make_noop = p["noop"]["median"], p["noop_floor"]["median"], p["make_noop"]["median"]
     worst_stage, worst_rss = max(p["peak_rss_mib"].items(), key=lambda kv: kv[1])
+    five, ray, mem = p["five_seeds"], p["ray"], p["five_seeds"]["workers"]
+    five_ratio = five["seconds"] / p["tutorial"]["median"]
+    ray_ratio = ray["seconds"] / p["pipeline"]["median"]
+    overhead = p["overhead"]["median"]
     serial = []
     if p["serial"] is not None:
         serial = [
@@ -473,12 +579,30 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|",
         "| training throughput ≥ 4× the tutorial's `fit`, accuracy within 0.3 points"
         f" | {training_measured} | {training_verdict} |",
-        f"| whole default pipeline ≤ 1.0× the tutorial's script once per cell (stretch 0.8×) | {ratio:.2f}×"
-        f" | {_verdict(ratio <= 1.0, 'stretch ' + ('met' if ratio <= 0.8 else 'missed'))} |",
-        f"| no-op `dvc repro` ≤ 1.5 s | {noop:.2f} s"
-        f" | {_verdict(noop <= 1.5, f'{noop - 1.5:+.2f} s against 1.5 s')} |",
-        f"| peak RSS of any stage ≤ 1 GiB | {worst_rss:.0f} MiB ({worst_stage})"
-        f" | {_verdict(worst_rss <= 1024, f'{1024 - worst_rss:.0f} MiB to spare')} |",
+        f"| default grid from nothing ≤ 0.5× the tutorial's script once per cell | {ratio:.2f}×"
+        f" | {_verdict(ratio <= 0.5, f'{ratio - 0.5:+.2f}× against 0.5×')} |",
+        f"| the grid with {five['seeds']} seeds per cell from nothing ≤ 1.0× the script once per cell"
+        f" | {five_ratio:.2f}× | {_verdict(five_ratio <= 1.0, f'{five_ratio - 1.0:+.2f}× against 1.0×')} |",
+        f"| per-cell overhead on a warm worker (cell wall time minus training) ≤ 1.0 s | {overhead:.2f} s"
+        f" | {_verdict(overhead <= 1.0, f'{overhead - 1.0:+.2f} s against 1.0 s')} |",
+        f"| default grid through a local {ray['cpus']}-CPU Ray cluster ≤ 1.3× the local executor"
+        f" | {ray_ratio:.2f}× | {_verdict(ray_ratio <= 1.3, f'{ray_ratio - 1.3:+.2f}× against 1.3×')} |",
+        f"| no-op `dvc repro` ≤ DVC's one-stage floor + 0.3 s | {noop:.2f} s (floor {floor:.2f} s)"
+        f" | {_verdict(noop <= floor + 0.3, f'{noop - floor - 0.3:+.2f} s against floor + 0.3 s')} |",
+        f"| no-op `make repro` ≤ the floor + 0.6 s | {make_noop:.2f} s"
+        f" | {_verdict(make_noop <= floor + 0.6, f'{make_noop - floor - 0.6:+.2f} s against floor + 0.6')} |",
+        f"| peak RSS of any process ≤ 1.5 GiB | {worst_rss:.0f} MiB ({worst_stage})"
+        f" | {_verdict(worst_rss <= 1536, f'{1536 - worst_rss:.0f} MiB to spare')} |",
+        *(
+            [
+                "| a warm worker's peak RSS ≤ 1.5 GiB, growing < 10 % over its runs"
+                f" | {mem['last_mib']:.0f} MiB after {mem['runs']} runs,"
+                f" {mem['growth']:+.1%} from run {mem['first_runs']}"
+                f" | {_verdict(mem['last_mib'] <= 1536 and mem['growth'] < 0.10, 'see Whole pipeline')} |"
+            ]
+            if mem
+            else []
+        ),
         "",
         "## Training throughput",
         "",
@@ -536,6 +660,25 @@ def markdown(result: dict[str, Any]) -> str:
         f"| no-op `dvc repro` of a one-stage pipeline (DVC's floor, timed turn about with the line"
         f" above) | {_fmt(p['noop_floor'])} | |",
         f"| no-op `make repro` (params check, status, repro) | {_fmt(p['make_noop'])} | |",
+        f"| `make repro` with {five['seeds']} seeds per cell ({five['seeds'] * p['cells']} runs), one run"
+        f" | {five['seconds']:.1f} | {five_ratio:.2f}× |",
+        f"| `make repro` through a local Ray cluster ({ray['cpus']} CPUs; RAY_ADDRESS), one run"
+        f" | {ray['seconds']:.1f} | {ray['seconds'] / p['tutorial']['median']:.2f}× |",
+        "",
+        f"On a warm worker a cell took {_fmt(p['cell_seconds'])} s of wall time (median over cells"
+        f" and runs), of which all but {_fmt(p['overhead'])} s was training (the overhead: building"
+        " the model, reading the data, logging to MLflow, saving the outputs).",
+        *(
+            [
+                "",
+                f"Warm workers' memory, {five['seeds']} seeds per cell: the busiest of {mem['workers']}"
+                f" workers trained {mem['runs']} runs; its peak RSS was {mem['first_mib']:.0f} MiB after"
+                f" its first {mem['first_runs']} and {mem['last_mib']:.0f} MiB after all"
+                f" ({mem['growth']:+.1%}); the largest of any worker, {mem['max_mib']:.0f} MiB.",
+            ]
+            if mem
+            else []
+        ),
         "",
         "Per stage: peak resident memory (the largest over cells and runs) and the seconds its"
         " code ran after Python started (median over cells and runs; DVC's own work comes on top):",
@@ -610,12 +753,12 @@ def where_the_time_goes(result: dict[str, Any]) -> list[str]:
         f" pipeline of {p['stages']} stages adds {p['noop']['median'] - floor:.2f} s: for each"
         " stage, DVC takes its read and write locks, reads params.yaml again and checks every"
         " dependency, parameter and output against dvc.lock.",
-        f"- **Pipeline.** A train cell's process ran its code for {train_cell:.1f} s (median); of that,"
-        f" importing Keras/TensorFlow takes {imports['keras']:.1f} s, importing MLflow"
-        f" {ml['import']:.1f} s and opening the SQLite store {ml['open_store']:.1f} s, against about"
-        " 3 s of training (20 epochs of digits). Each cell pays them because each cell is its own"
-        " DVC stage (so that a changed cell retrains alone); two cells run at a time. evaluate and"
-        " plot pay them once for the whole grid.",
+        f"- **Pipeline.** A train cell took {train_cell:.1f} s on a warm worker (median), of which"
+        f" {p['overhead']['median']:.2f} s was not training. Importing Keras/TensorFlow"
+        f" ({imports['keras']:.1f} s), importing MLflow ({ml['import']:.1f} s) and opening the"
+        f" SQLite store ({ml['open_store']:.1f} s) are paid once per worker, not per cell;"
+        " evaluate, plot and report still pay them once each, and DVC's own work (the stages"
+        " before the grid, recording each cell, the no-op checks) comes on top.",
     ]
 
 
