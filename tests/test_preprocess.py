@@ -132,3 +132,34 @@ def test_minmax_scaler_maps_training_range_to_unit(digits: tuple[np.ndarray, np.
 def test_no_scaler_is_identity(digits: tuple[np.ndarray, np.ndarray]) -> None:
     x, _ = digits
     np.testing.assert_array_equal(apply_scaler(fit_scaler("none", x), x), x.astype(np.float32))
+
+
+def test_each_training_seed_draws_its_own_split_and_scaler_with_no_leakage(tmp_path: Path) -> None:
+    images, labels = load_digits()
+    raw, out = tmp_path / "raw", tmp_path / "processed"
+    io.save_arrays(raw, {"images": images, "labels": labels})
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 42\ndata: {split_per_seed: true}\ngrid: {seeds: [1, 2, 3]}\n")
+    preprocess.main(["--params", str(params), "--raw", str(raw), "--out", str(out)])
+    features = images.reshape(len(images), -1).astype(np.float64)
+    tests = {}
+    for seed in (1, 2, 3):
+        split = io.split_dir(out, seed)
+        assert split == out / f"seed-{seed}"  # every cell of this seed reads this one folder
+        s = split_indices(labels, DataParams(), seed=seed)
+        assert set(s["train"]).isdisjoint(s["val"]) and set(s["train"]).isdisjoint(s["test"])
+        assert set(s["val"]).isdisjoint(s["test"])
+        np.testing.assert_array_equal(io.load_array(split, "y_test"), labels[s["test"]])
+        scaler = io.read_json(split / "scaler.json")
+        # fitted on this seed's training split only
+        np.testing.assert_allclose(scaler["shift"], features[s["train"]].mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(io.load_array(split, "x_test"), apply_scaler(scaler, features[s["test"]]))
+        tests[seed] = tuple(s["test"])
+    assert len(set(tests.values())) == 3  # another split for each seed
+    assert io.read_json(out / "dataset.json")["split_seeds"] == [1, 2, 3]
+    # false: the one split of the top-level seed, at the top, for every training seed
+    params.write_text("seed: 42\ndata: {split_per_seed: false}\ngrid: {seeds: [1, 2, 3]}\n")
+    preprocess.main(["--params", str(params), "--raw", str(raw), "--out", str(out)])
+    assert io.split_dir(out, 2) == out and not (out / "seed-2").exists()
+    s = split_indices(labels, DataParams(), seed=42)
+    np.testing.assert_array_equal(io.load_array(out, "y_test"), labels[s["test"]])

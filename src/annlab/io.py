@@ -93,9 +93,18 @@ def load_array(directory: str | Path, name: str) -> np.ndarray:
 
 
 def data_digest(data_dir: Path) -> str:
-    """SHA-256 of the processed arrays and their description (the files are byte-reproducible)."""
+    """SHA-256 of the processed arrays and their description (the files are byte-reproducible),
+    per-seed splits included."""
     h = hashlib.sha256()
-    for path in sorted(Path(data_dir).iterdir()):
-        h.update(path.name.encode())
+    root = Path(data_dir)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def split_dir(data_dir: str | Path, seed: int) -> Path:
+    """Where a seed's split lives: `seed-<n>/` when preprocess drew one split per seed
+    (data.split_per_seed), else the one split at the top of `data_dir`."""
+    per_seed = Path(data_dir) / seed_name(seed)
+    return per_seed if per_seed.is_dir() else Path(data_dir)

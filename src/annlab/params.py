@@ -55,6 +55,9 @@ class DataParams(_Section):
     val_size: Fraction = 0.1
     scaler: Scaler = "standard"
     subset: Annotated[int, Field(ge=20)] | None = None
+    # Each training seed draws its own stratified split (split seed = that seed), so intervals
+    # over seeds cover the data's sampling too; false: one split from the top-level `seed`.
+    split_per_seed: bool = True
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> DataParams:
@@ -170,7 +173,9 @@ class GridParams(_Section):
     model: Annotated[list[ModelType], Field(min_length=1)] = ["ann"]
     optimizer: Annotated[list[OptimizerName], Field(min_length=1)] = ["sgd", "adam", "rmsprop"]
     activation: Annotated[list[Activation], Field(min_length=1)] = ["relu", "tanh", "sigmoid"]
-    # Training seeds (weights and shuffling); the data split always uses the top-level `seed`.
+    # Training seeds (weights, shuffling and, with data.split_per_seed, the split); None: the
+    # one top-level `seed`.
+    # (params.yaml, which must name every key, ships [1, 2, 3, 4, 5].)
     seeds: Annotated[list[Seed], Field(min_length=1, max_length=100)] | None = None
 
     @field_validator("model", "optimizer", "activation", "seeds")

@@ -19,9 +19,9 @@ def predictions_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[st
     return "\n".join(rows) + "\n"
 
 
-def evaluate_cell(model_dir: Path, x_test: np.ndarray, y_test: np.ndarray, names: list[str]) -> dict:
-    """Test one cell's model of each seed: per-seed metrics, the summed confusion matrix and
-    every (actual, predicted) pair."""
+def evaluate_cell(model_dir: Path, data_dir: Path, names: list[str]) -> dict:
+    """Test one cell's model of each seed on that seed's test split: per-seed metrics, the
+    summed confusion matrix and every (actual, predicted) pair."""
     from annlab.model import load_model
 
     seeds: list[dict[str, Any]] = []
@@ -30,6 +30,8 @@ def evaluate_cell(model_dir: Path, x_test: np.ndarray, y_test: np.ndarray, names
     predicted: list[np.ndarray] = []
     for seed_dir in io.by_seed(d for d in model_dir.iterdir() if d.is_dir()).values():
         meta = io.read_json(seed_dir / "meta.json")
+        split = io.split_dir(data_dir, meta["seed"])
+        x_test, y_test = io.load_array(split, "x_test"), io.load_array(split, "y_test")
         entry: dict[str, Any] = {
             "seed": meta["seed"],
             "diverged": meta["diverged"],
@@ -81,7 +83,6 @@ def main(argv: list[str] | None = None) -> None:
     # the fifth on, which is expected here.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     info = io.read_json(args.data / "dataset.json")
-    x_test, y_test = io.load_array(args.data, "x_test"), io.load_array(args.data, "y_test")
     # Each folder is written whole or not at all: an interrupted run leaves the previous one.
     with (
         io.atomic_path(args.metrics) as metrics_dir,
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             model_dir = args.models / cell
             if not model_dir.is_dir():
                 raise UserError(f"{model_dir}: missing; run `dvc repro` so cell {cell} is trained")
-            result = evaluate_cell(model_dir, x_test, y_test, info["class_names"])
+            result = evaluate_cell(model_dir, args.data, info["class_names"])
             summary = result["summary"]
             io.write_json(metrics_dir / f"{cell}.json", summary)
             io.write_json(eval_dir / f"{cell}.json", result["report"])

@@ -75,25 +75,34 @@ def main(argv: list[str] | None = None) -> None:
     images = io.load_array(args.raw, "images")
     labels = io.load_array(args.raw, "labels")
     features = images.reshape(len(images), -1)
-    splits = split_indices(labels, params.data, params.seed)
-    scaler = fit_scaler(params.data.scaler, features[splits["train"]].astype(np.float64))
-
-    arrays = {}
-    for name, idx in splits.items():
-        arrays[f"x_{name}"] = apply_scaler(scaler, features[idx])
-        arrays[f"y_{name}"] = labels[idx]
-    info = {
-        "dataset": params.data.dataset,
-        "image_shape": list(images.shape[1:]),
-        "n_features": int(features.shape[1]),
-        "class_names": datasets.CLASS_NAMES[params.data.dataset],
-        "sizes": {name: len(idx) for name, idx in splits.items()},
-    }
+    # One split per training seed, each in seed-<n>/ (`io.split_dir`), or, with one training
+    # seed or data.split_per_seed false, one split at the top.
+    split_seeds = params.seeds if params.data.split_per_seed else [params.seed]
+    per_seed = len(split_seeds) > 1
     with io.atomic_path(args.out) as tmp:
-        io.save_arrays(tmp, arrays)
-        io.write_json(tmp / "scaler.json", scaler)
+        for seed in split_seeds:
+            splits = split_indices(labels, params.data, seed)
+            scaler = fit_scaler(params.data.scaler, features[splits["train"]].astype(np.float64))
+            arrays = {}
+            for name, idx in splits.items():
+                arrays[f"x_{name}"] = apply_scaler(scaler, features[idx])
+                arrays[f"y_{name}"] = labels[idx]
+            folder = tmp / io.seed_name(seed) if per_seed else tmp
+            io.save_arrays(folder, arrays)
+            io.write_json(folder / "scaler.json", scaler)
+        info = {
+            "dataset": params.data.dataset,
+            "image_shape": list(images.shape[1:]),
+            "n_features": int(features.shape[1]),
+            "class_names": datasets.CLASS_NAMES[params.data.dataset],
+            # stratified with the same fractions: every seed's split has these sizes
+            "sizes": {name: len(idx) for name, idx in splits.items()},
+            "split_seeds": split_seeds,
+        }
         io.write_json(tmp / "dataset.json", info)
-    print(f"preprocess: {info['sizes']} scaler={params.data.scaler} -> {args.out}")
+    seeds = ", ".join(map(str, split_seeds))
+    where = f"one split per seed ({seeds})" if per_seed else f"seed {seeds}"
+    print(f"preprocess: {info['sizes']} {where} scaler={params.data.scaler} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -80,8 +80,6 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
     info = io.read_json(args.data / "dataset.json")
     n_classes = len(info["class_names"])
     image_shape = (info["image_shape"][0], info["image_shape"][1])
-    x_train, y_train = io.load_array(args.data, "x_train"), io.load_array(args.data, "y_train")
-    x_val, y_val = io.load_array(args.data, "x_val"), io.load_array(args.data, "y_val")
     digest = io.data_digest(args.data)
     grid_id = base.grid_id()
 
@@ -146,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
     def train_seed(seed: int, seed_dir: Path, history_path: Path) -> str:
         """Train one seed of the cell in its own MLflow run, save it; return a one-line summary."""
         nonlocal train_seconds
+        split = io.split_dir(args.data, seed)  # the seed's own split, with data.split_per_seed
+        x_train, y_train = io.load_array(split, "x_train"), io.load_array(split, "y_train")
+        x_val, y_val = io.load_array(split, "x_val"), io.load_array(split, "y_val")
         annmodel.seed_everything(seed)
         logged_params = tracking.cell_params(base, args.model, args.optimizer, args.activation, seed)
         key = tracking.cell_key(cell, logged_params, digest)
