@@ -150,7 +150,7 @@ def test_report_equals_the_per_cell_metrics(pipeline: dict) -> None:
     for model, label in LABELS.items():
         n_params = json.loads((repo / f"models/{model}-adam-relu/seed-42/meta.json").read_text())["n_params"]
         assert f"| {label} " in architectures and f"{n_params:,}" in architectures
-    assert f"**Best cell: {best}**" in markdown
+    assert f"**Best: {best}**" in markdown
     summary = json.loads((repo / "reports/summary.json").read_text())
     assert summary["best_cell"] == best
     assert set(summary["by_model"]) == set(LABELS)
@@ -336,17 +336,18 @@ def test_a_cell_reused_from_the_cache_joins_the_new_grid(pipeline: dict) -> None
     assert {r.info.run_id for r in still} == {r.info.run_id for r in old_children}
 
 
-def test_editing_epochs_and_seeds_reruns_only_training_and_after(pipeline: dict) -> None:
+def test_three_seeds_give_each_its_split_intervals_and_a_tie_group(pipeline: dict) -> None:
     repo, uri = pipeline["repo"], pipeline["uri"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["epochs"] = EPOCHS + 1
-    params["grid"]["seeds"] = [1, 2]
+    params["grid"]["seeds"] = [1, 2, 3]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = _dvc(repo, "repro")
     ran = _ran(proc)
-    assert {"fetch", "preprocess"}.isdisjoint(ran)
-    assert {f"train@{c}" for c in CELLS} | {"evaluate", "plot", "report"} <= ran
-    for seed in (1, 2):
+    assert "fetch" not in ran
+    # data.split_per_seed: each seed draws its own split, so preprocess reruns
+    assert {"preprocess", "evaluate", "plot", "report"} | {f"train@{c}" for c in CELLS} <= ran
+    for seed in (1, 2, 3):
         assert (
             len((repo / f"reports/history/cnn-sgd-relu/seed-{seed}.csv").read_text().splitlines())
             == 2 + EPOCHS
@@ -356,13 +357,33 @@ def test_editing_epochs_and_seeds_reruns_only_training_and_after(pipeline: dict)
         s["test_accuracy"]
         for s in json.loads((repo / "reports/eval/cnn-adam-relu.json").read_text())["seeds"]
     ]
-    assert metrics["seeds"] == 2
-    assert metrics["test_accuracy"] == pytest.approx(sum(per_seed) / 2)
-    mean, std = metrics["test_accuracy"], metrics["test_accuracy_std"]
-    assert f"{mean:.4f} ± {std:.4f}" in (repo / "reports/comparison.md").read_text()
-    assert len(pd.read_csv(repo / "reports/comparison.csv")) == 2 * len(CELLS)
-    _, children = _grid(uri, repo)
-    assert sorted(r.info.run_name for r in children) == sorted(f"{c} seed={s}" for c in CELLS for s in (1, 2))
+    assert metrics["seeds"] == 3
+    assert metrics["test_accuracy"] == pytest.approx(sum(per_seed) / 3)
+    markdown = (repo / "reports/comparison.md").read_text()
+    rows = pd.read_csv(repo / "reports/comparison.csv")
+    assert len(rows) == 3 * len(CELLS)
+    # The report opens with the tie group, which summary.json and MLflow repeat.
+    summary = json.loads((repo / "reports/summary.json").read_text())
+    best, tied = summary["best_cell"], summary["tied_with_best"]
+    headline = markdown.split("\n\n")[2]
+    assert headline.startswith(f"**Best: {best}**, test accuracy ")
+    assert (f"Tied with it: {', '.join(tied)}." if tied else "No other cell is tied with it.") in headline
+    assert set(summary["verdicts"]) == set(CELLS) and summary["verdicts"][best] == "best"
+    assert (repo / "reports/figures/forest_plot.png").stat().st_size > 0
+    parent, children = _grid(uri, repo)
+    names = sorted(f"{c} seed={s}" for c in CELLS for s in (1, 2, 3))
+    assert sorted(r.info.run_name for r in children) == names
+    assert parent.data.tags["annlab.tied_with_best"] == (",".join(tied) or "none")
+    for run in children:
+        cell = run.data.tags["annlab.cell"]
+        assert run.data.tags["annlab.verdict"] == summary["verdicts"][cell]
+        assert run.data.metrics["test_accuracy_ci_low"] <= run.data.metrics["test_accuracy_ci_high"]
+    # Per-seed splits: one training set per seed, shared by every cell of that seed.
+    digests: dict[str, set[str]] = {}
+    for run in children:
+        (training,) = [i.dataset.digest for i in run.inputs.dataset_inputs if i.tags[0].value == "training"]
+        digests.setdefault(run.data.params["seed"], set()).add(training)
+    assert all(len(d) == 1 for d in digests.values()) and len(set.union(*digests.values())) == 3
 
 
 def test_a_cell_killed_mid_training_is_trained_again_by_the_next_repro(pipeline: dict) -> None:

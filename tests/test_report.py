@@ -6,7 +6,9 @@ from __future__ import annotations
 import io as stdio
 import math
 import re
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -153,25 +155,35 @@ def test_pivots_show_each_cell_and_mark_the_best(one_seed: pd.DataFrame) -> None
     assert (
         _pivot(markdown, "Epoch of the best validation accuracy")["sgd", "tanh"] == "47"
     )  # one seed: a whole epoch
-    assert "**Best cell: ann-adam-relu**" in markdown
+    assert "**Best: ann-adam-relu**, test accuracy 0.9700. One seed cannot separate cells" in markdown
+    assert "`grid.seeds: [1, 2, 3, 4, 5]`" in markdown
     assert "- ann-sgd-relu seed 42: loss not finite at epoch 4" in markdown
     assert "git commit `0123456789ab`" in markdown
 
 
-def test_pivots_over_seeds_read_mean_plus_minus_std(three_seeds: pd.DataFrame) -> None:
+def test_pivots_over_seeds_read_mean_and_t_interval_with_the_tie_group_in_bold(
+    three_seeds: pd.DataFrame,
+) -> None:
     params = _params([1, 2, 3])
     markdown = rep.comparison_markdown(params, three_seeds, _timings(three_seeds), "abc", {})
     accuracy = _pivot(markdown, "Test accuracy")
-    assert accuracy["sgd", "tanh"] == "0.8900 ± 0.0100"
-    assert accuracy["sgd", "relu"] == "0.9100 ± 0.0141 (1/3 diverged)"
-    assert accuracy["adam", "relu"] == "**0.9600 ± 0.0100**"
-    assert "3 training seeds (1, 2, 3)" in markdown
+    # 0.89 ± t(0.975, 2) * 0.01 / sqrt(3) = 0.89 ± 4.3027 * 0.005774
+    assert accuracy["sgd", "tanh"] == "0.8900 [0.8652, 0.9148]"
+    # two seeds left: t(0.975, 1) = 12.706, s = 0.01414: half-width 0.1271
+    assert accuracy["sgd", "relu"] == "0.9100 [0.7829, 1.0371] (1/3 diverged)"
+    assert accuracy["adam", "relu"] == "**0.9600 [0.9352, 0.9848]**"  # the best
+    assert accuracy["adam", "tanh"] == "**0.9600 [0.9600, 0.9600]**"  # tied with it
+    assert "3 training seeds (1, 2, 3), each with its own split" in markdown
+    assert markdown.split("\n\n")[2].startswith(
+        "**Best: ann-adam-relu**, test accuracy 0.9600 [0.9352, 0.9848]. Tied with it: ann-adam-tanh."
+        " All others are worse (Holm-adjusted p < 0.05)."
+    )
 
 
 def test_leaderboard_ranks_every_cell_with_diverged_last(one_seed: pd.DataFrame) -> None:
     markdown = rep.comparison_markdown(_params(), one_seed, _timings(one_seed), "abc", {})
     table = markdown.split("## Leaderboard\n\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
-    order = [line.split("|")[2].strip() for line in table]
+    order = [line.split("|")[2].strip().strip("*") for line in table]
     assert order == ["ann-adam-relu", "ann-adam-tanh", "ann-sgd-tanh", "ann-sgd-relu"]
 
 
@@ -301,7 +313,7 @@ def test_each_architecture_gets_its_own_tables(architectures: tuple[Params, pd.D
     assert (
         "- **Models**: ann 64-32 (dense units); cnn 64-128 / 64-32 (conv filters / dense units," in markdown
     )
-    assert "**Best cell: cnn-adam-relu**" in markdown
+    assert "**Best: cnn-adam-relu**" in markdown
     # Training time: one row per architecture, then a table each.
     timing = markdown.split(rep.TIMING_HEADING, 1)[1]
     assert re.search(r"\n\| ann 64-32 +\| 2\.0 +\| 0\.200 +\|\n", timing)
@@ -346,3 +358,104 @@ def test_figures_draw_a_panel_per_architecture(architectures: tuple[Params, pd.D
     titles = [ax.get_title() for ax in curves.axes]
     assert len(titles) == 2 * 2 * 2  # (accuracy, loss) x architectures, by activations
     assert titles[0] == "ann 64-32: activation relu" and titles[-1] == "cnn 64-128 / 64-32: activation tanh"
+
+
+def _table(markdown: str, title: str) -> list[dict[str, str]]:
+    """The rows of the first Markdown table under `## title`, as dicts by header."""
+    section = markdown.split(f"## {title}\n\n", 1)[1]
+    section = section[section.index("|") :].split("\n\n", 1)[0]
+    lines = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()]
+    return [dict(zip(lines[0], line, strict=True)) for line in lines[2:]]
+
+
+def _five_seeds() -> pd.DataFrame:
+    accs = {
+        "ann-sgd-relu": [0.93, 0.92, 0.94, 0.925, 0.935],
+        "ann-sgd-tanh": [0.55, 0.60, 0.52, 0.58, 0.57],
+        "ann-adam-relu": [0.97, 0.965, 0.975, 0.97, 0.968],
+        "ann-adam-tanh": [0.968, 0.97, 0.97, 0.966, 0.972],
+    }
+    return _frame(
+        [_row(c, s, a) for c, values in accs.items() for s, a in zip([1, 2, 3, 4, 5], values, strict=True)]
+    )
+
+
+def test_verdicts_agree_with_a_recomputation_from_the_csv() -> None:
+    """The leaderboard's differences, adjusted p-values and verdicts, recomputed from
+    comparison.csv with scipy and a hand-written Holm, as a reader would check them."""
+    from scipy import stats
+
+    rows = _five_seeds()
+    csv = pd.read_csv(stdio.StringIO(rep.rows_csv(rows)))
+    markdown = rep.comparison_markdown(_params([1, 2, 3, 4, 5]), rows, _timings(rows), "abc", {})
+    board = {r["cell"].strip("*"): r for r in _table(markdown, "Leaderboard")}
+    acc = csv.pivot(index="seed", columns="cell", values="test_accuracy")
+    best = acc.mean().idxmax()
+    assert board[best]["verdict"] == "best"
+    others = [c for c in acc.columns if c != best]
+    raw = {c: stats.ttest_rel(acc[best], acc[c]).pvalue for c in others}
+    order = sorted(others, key=lambda c: raw[c])
+    adjusted, running = {}, 0.0
+    for i, c in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * raw[c]))
+        adjusted[c] = running
+    for c in others:
+        d = acc[best] - acc[c]
+        low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+        assert board[c]["Δ to best (points)"] == f"{100 * d.mean():.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+        assert board[c]["adjusted p"] == ("<0.001" if adjusted[c] < 0.001 else f"{adjusted[c]:.3f}")
+        assert board[c]["verdict"] == ("tied" if adjusted[c] >= 0.05 else "worse")
+    summary = rep.summary_metrics(rows)
+    assert summary["tied_with_best"] == [c for c in others if adjusted[c] >= 0.05] == ["ann-adam-tanh"]
+    assert summary["verdicts"] == {c: board[c]["verdict"] for c in acc.columns}
+
+
+def test_the_sentences_agree_with_the_tables() -> None:
+    rows = _five_seeds()
+    markdown = rep.comparison_markdown(_params([1, 2, 3, 4, 5]), rows, _timings(rows), "abc", {})
+    board = {r["cell"].strip("*"): r for r in _table(markdown, "Leaderboard")}
+    said = markdown.split("## What the data says\n\n", 1)[1].split("\n\n", 1)[0]
+    tied = [c for c, r in board.items() if r["verdict"] == "tied"]
+    assert f"tied with it (Holm-adjusted p ≥ 0.05): {', '.join(tied)};" in said
+    worse = {c: r for c, r in board.items() if r["verdict"] == "worse"}
+    widest = max(worse, key=lambda c: float(worse[c]["Δ to best (points)"].split()[0]))
+    assert f"the largest gap is {widest}'s, {worse[widest]['Δ to best (points)']} points below" in said
+    effects = markdown.split("## Main effects\n\n", 1)[1]
+    optimizer = _table("## x\n\n" + effects.split("### Optimizer\n\n", 1)[1].split("\n\n", 1)[1], "x")
+    (pair,) = optimizer
+    assert pair["pair"] == "sgd − adam" and pair["difference (points)"].startswith("-")
+    magnitude = pair["difference (points)"].lstrip("-")
+    low, high = magnitude.split(" [")[1].rstrip("]").split(", ")
+    flipped = f"{magnitude.split(' [')[0]} [{high.lstrip('-')}, {low.lstrip('-')}]"
+    assert f"By optimizer, averaged over the other factors: adam beats sgd by {flipped} points" in said
+    assert rep.summary_metrics(rows)["best_levels"] == {"optimizer": "adam", "activation": "relu"}
+
+
+def test_one_seed_and_identical_cells_are_tied_not_judged() -> None:
+    same = _frame([_row(c, s, 0.9) for c in ("ann-sgd-relu", "ann-adam-relu") for s in (1, 2, 3)])
+    summary = rep.summary_metrics(same)
+    assert summary["verdicts"] == {"ann-sgd-relu": "best", "ann-adam-relu": "tied"}
+    one = _frame([_row("ann-sgd-relu", 42, 0.5), _row("ann-adam-relu", 42, 0.9)])
+    verdicts = rep.summary_metrics(one)["verdicts"]
+    assert verdicts == {"ann-adam-relu": "best", "ann-sgd-relu": "tied"}  # one seed tests nothing
+    confidence = rep.cell_confidence(one)
+    assert (
+        "p_adjusted" not in confidence["ann-sgd-relu"]
+        and "test_accuracy_ci_low" not in confidence["ann-adam-relu"]
+    )
+
+
+def test_an_all_diverged_cell_is_worse_and_the_forest_plot_draws_the_rest(tmp_path: Path) -> None:
+    rows = _five_seeds()
+    rows.loc[rows["cell"] == "ann-sgd-tanh", "test_accuracy"] = np.nan
+    rows.loc[rows["cell"] == "ann-sgd-tanh", "diverged"] = True
+    analysis = rep.analyze(rows)
+    assert analysis.verdicts["ann-sgd-tanh"].verdict == "worse"
+    assert analysis.verdicts["ann-sgd-tanh"].comparison.pairs == 0  # type: ignore[union-attr]
+    from annlab import figures
+
+    fig = rep.forest_figure(rep.summarize(rows), analysis, "t")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[-1] == analysis.best and "ann-sgd-tanh" not in labels
+    figures.save(fig, tmp_path / "forest.png")
+    assert (tmp_path / "forest.png").stat().st_size > 0

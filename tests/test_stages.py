@@ -102,7 +102,7 @@ def test_the_report_marks_the_diverged_cell(grid: dict) -> None:
     root: Path = grid["root"]
     markdown = (root / "comparison.md").read_text()
     assert "| sgd         | diverged (2/2)" in markdown
-    assert "**Best cell: ann-adam-relu**" in markdown
+    assert "**Best: ann-adam-relu**" in markdown
     for seed in SEEDS:
         assert f"- ann-sgd-relu seed {seed}: loss not finite at epoch" in markdown
     summary = json.loads((root / "summary.json").read_text())

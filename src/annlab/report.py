@@ -1,6 +1,7 @@
 """The comparison report of a grid, from DVC outputs: per-seed rows, per-cell summaries with
-mean ± std, pivot tables, a leaderboard and figures. Pure functions; the `report` stage
-reads and writes the files."""
+95 % intervals over seeds, which cells are tied with the best (`annlab.confidence`), pivot
+tables, a leaderboard, plain sentences and figures. Pure functions; the `report` stage reads
+and writes the files."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from annlab import confidence as conf
 from annlab import figures
 from annlab.metrics import SEED_METRICS, mean_std
 from annlab.params import Params, cell_name
@@ -39,6 +41,8 @@ TIMING_COLUMNS = [
 ]
 # Marks the start of the one section whose content changes from run to run.
 TIMING_HEADING = "## Training time"
+# The grid's factors: a row's column and how the report names it.
+FACTORS = {"model": "architecture", "optimizer": "optimizer", "activation": "activation"}
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,88 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             mean, std = mean_std(values)
             record[metric] = np.nan if mean is None else mean
             record[f"{metric}_std"] = np.nan if std is None else std
+            interval = conf.t_interval(values)  # type: ignore[arg-type]
+            two = interval is not None and interval.n > 1
+            record[f"{metric}_low"] = interval.low if two else np.nan  # type: ignore[union-attr]
+            record[f"{metric}_high"] = interval.high if two else np.nan  # type: ignore[union-attr]
         out.append(record)
     return pd.DataFrame(out)
+
+
+def accuracy_by_seed(rows: pd.DataFrame) -> dict[str, dict[int, float | None]]:
+    """Each cell's test accuracy per seed (None for a diverged run), cells in grid order."""
+    out: dict[str, dict[int, float | None]] = {}
+    for _, row in rows.iterrows():
+        value = row["test_accuracy"]
+        out.setdefault(str(row["cell"]), {})[int(row["seed"])] = None if pd.isna(value) else float(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the report says about confidence: the best cell, each cell's verdict against it,
+    and each factor's main effect (only factors with at least two levels)."""
+
+    best: str | None
+    verdicts: dict[str, conf.Verdict]
+    effects: dict[str, conf.Effect]
+    seeds: int  # seeds per cell
+
+    @property
+    def tied(self) -> list[str]:
+        """The cells tied with the best, in grid order (the best excluded)."""
+        return [cell for cell, v in self.verdicts.items() if v.verdict == "tied"]
+
+    @property
+    def group(self) -> set[str]:
+        """The best and the cells tied with it: the tables' bold."""
+        return {cell for cell, v in self.verdicts.items() if v.verdict in ("best", "tied")}
+
+
+def analyze(rows: pd.DataFrame) -> Analysis:
+    """Verdicts against the best cell (ranked as the leaderboard ranks) and main effects."""
+    summary = summarize(rows)
+    best = best_cell(summary)
+    accuracy = accuracy_by_seed(rows)
+    verdicts = conf.verdicts(accuracy, best) if best is not None else {}
+    effects = {}
+    for column in FACTORS:
+        levels = list(dict.fromkeys(rows[column]))
+        if len(levels) >= 2:
+            level_of = {str(r["cell"]): str(r[column]) for _, r in rows.iterrows()}
+            effects[column] = conf.main_effect(accuracy, level_of, levels)
+    return Analysis(best, verdicts, effects, int(rows.groupby("cell")["seed"].count().max()))
+
+
+def cell_confidence(rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per cell, what its MLflow runs get: the interval of its mean test accuracy, its
+    difference to the best (points of accuracy as a fraction) with interval, the adjusted p,
+    and its verdict. Values that do not exist (one seed, the best itself) are left out."""
+    summary = summarize(rows).set_index("cell")
+    analysis = analyze(rows)
+    out: dict[str, dict[str, Any]] = {}
+    for cell in summary.index:
+        record = summary.loc[cell]
+        verdict = analysis.verdicts.get(cell)
+        entry: dict[str, Any] = {"verdict": verdict.verdict if verdict else "diverged"}
+        for key, column in (
+            ("test_accuracy_ci_low", "test_accuracy_low"),
+            ("test_accuracy_ci_high", "test_accuracy_high"),
+        ):
+            if not pd.isna(record[column]):
+                entry[key] = float(record[column])
+        comparison = verdict.comparison if verdict else None
+        if comparison is not None and comparison.diff is not None:
+            entry["diff_to_best"] = comparison.diff.mean
+            if comparison.diff.n > 1:
+                entry["diff_to_best_low"], entry["diff_to_best_high"] = (
+                    comparison.diff.low,
+                    comparison.diff.high,
+                )
+        if verdict is not None and verdict.p_adjusted is not None:
+            entry["p_adjusted"] = float(verdict.p_adjusted)
+        out[str(cell)] = entry
+    return out
 
 
 def best_cell(summary: pd.DataFrame) -> str | None:
@@ -132,8 +216,9 @@ def shown(values: pd.Series, digits: int = 4) -> pd.Series:
 
 
 def fmt_value(record: pd.Series, metric: str, digits: int) -> str:
-    """A cell's value as text: `0.9694`, `0.9611 ± 0.0042`, `diverged (epoch 4)`, with a note
-    when some of its seeds diverged."""
+    """A cell's value as text: `0.9694` (one seed), `0.9713 [0.9661, 0.9765]` (the mean over
+    seeds with its 95 % t-interval), `diverged (epoch 4)`, with a note when some of its seeds
+    diverged."""
     seeds, diverged = int(record["seeds"]), int(record["diverged"])
     if pd.isna(record[metric]):
         if diverged == seeds:
@@ -141,50 +226,57 @@ def fmt_value(record: pd.Series, metric: str, digits: int) -> str:
                 return f"diverged (epoch {int(record['diverged_epoch'])})"
             return f"diverged ({diverged}/{seeds})"
         return "n/a"
-    single = pd.isna(record[f"{metric}_std"])
+    single = pd.isna(record[f"{metric}_low"])
     if single and float(record[metric]).is_integer() and metric in INT_COLUMNS:
         digits = 0  # one seed's epoch is a whole number
     text = f"{record[metric]:.{digits}f}"
     if not single:
-        text += f" ± {record[f'{metric}_std']:.{digits}f}"
+        text += f" [{record[f'{metric}_low']:.{digits}f}, {record[f'{metric}_high']:.{digits}f}]"
     if diverged:
         text += f" ({diverged}/{seeds} diverged)"
     return text
 
 
-def pivot_table(summary: pd.DataFrame, params: Params, pivot: Pivot, model: str) -> str:
+def pivot_table(
+    summary: pd.DataFrame, params: Params, pivot: Pivot, model: str, bold: set[str] | None
+) -> str:
     """A Markdown table of one architecture's cells, optimizers as rows and activations as
-    columns; its best value in bold."""
+    columns; the cells in `bold` (the best and those tied with it) in bold, or with `bold`
+    None (one seed: nothing tested) the best value at the precision shown."""
     cells = summary[summary["model"] == model]
     best = None
     values = shown(cells[pivot.metric], pivot.digits)
-    if pivot.higher_is_better is not None and values.notna().any():
+    if bold is None and pivot.higher_is_better is not None and values.notna().any():
         best = values.max() if pivot.higher_is_better else values.min()
     by_cell = cells.set_index("cell")
     table = []
     for optimizer in params.grid.optimizer:
         row = {"optimizer": optimizer}
         for activation in params.grid.activation:
-            record = by_cell.loc[cell_name(model, optimizer, activation)]
+            cell = cell_name(model, optimizer, activation)
+            record = by_cell.loc[cell]
             text = fmt_value(record, pivot.metric, pivot.digits)
-            is_best = best is not None and round(float(record[pivot.metric]), pivot.digits) == best
-            row[activation] = f"**{text}**" if is_best else text
+            if bold is None:
+                is_bold = best is not None and round(float(record[pivot.metric]), pivot.digits) == best
+            else:
+                is_bold = cell in bold and pivot.higher_is_better is not None
+            row[activation] = f"**{text}**" if is_bold else text
         table.append(row)
     return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
 
 
-def pivot_section(summary: pd.DataFrame, params: Params, pivot: Pivot) -> list[str]:
+def pivot_section(summary: pd.DataFrame, params: Params, pivot: Pivot, bold: set[str] | None) -> list[str]:
     """A metric's optimizer x activation table, one per architecture of the grid."""
     labels = params.architectures()
     if len(labels) == 1:
-        return [pivot_table(summary, params, pivot, params.grid.model[0])]
+        return [pivot_table(summary, params, pivot, params.grid.model[0], bold)]
     parts: list[str] = []
     for model, label in labels.items():
-        parts += [f"### {label}", "", pivot_table(summary, params, pivot, model), ""]
+        parts += [f"### {label}", "", pivot_table(summary, params, pivot, model, bold), ""]
     return parts[:-1]
 
 
-def architectures_table(summary: pd.DataFrame, params: Params) -> str:
+def architectures_table(summary: pd.DataFrame, params: Params, bold: set[str]) -> str:
     """Architectures as rows, optimizers as columns: the best test accuracy over activations
     (ranked as the leaderboard ranks), with that activation; and the parameter count."""
     labels = params.architectures()
@@ -196,20 +288,29 @@ def architectures_table(summary: pd.DataFrame, params: Params) -> str:
             ranked = leaderboard_order(cells[cells["optimizer"] == optimizer])
             best = ranked.iloc[0]
             text = fmt_value(best, "test_accuracy", 4)
-            row[optimizer] = text if pd.isna(best["test_accuracy"]) else f"{text} ({best['activation']})"
+            text = text if pd.isna(best["test_accuracy"]) else f"{text} ({best['activation']})"
+            row[optimizer] = f"**{text}**" if best["cell"] in bold else text
         table.append(row)
     return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
 
 
-def leaderboard(summary: pd.DataFrame) -> str:
-    """Every cell ranked, as a Markdown table."""
+def leaderboard(summary: pd.DataFrame, analysis: Analysis) -> str:
+    """Every cell ranked, as a Markdown table, with its verdict against the best, its difference
+    to the best in points of accuracy (with interval) and the Holm-adjusted p."""
     table = []
     for rank, (_, record) in enumerate(leaderboard_order(summary).iterrows(), start=1):
+        cell = str(record["cell"])
+        verdict = analysis.verdicts.get(cell)
+        comparison = verdict.comparison if verdict else None
         table.append(
             {
                 "rank": str(rank),
-                "cell": record["cell"],
+                "cell": f"**{cell}**" if cell in analysis.group and analysis.seeds > 1 else cell,
+                "verdict": verdict.verdict if verdict else "diverged",
                 "test accuracy": fmt_value(record, "test_accuracy", 4),
+                "Δ to best (points)": points(comparison.diff) if comparison and comparison.diff else "–",
+                "adjusted p": fmt_p(verdict.p_adjusted if verdict else None),
+                "pairs": str(comparison.pairs) if comparison else "–",
                 "macro F1": fmt_value(record, "macro_f1", 4),
                 "test loss": fmt_value(record, "test_loss", 4),
                 "best val accuracy": fmt_value(record, "best_val_accuracy", 4),
@@ -221,6 +322,26 @@ def leaderboard(summary: pd.DataFrame) -> str:
     return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
 
 
+def points(diff: conf.Interval) -> str:
+    """A difference of accuracies in points (×100): `9.20 [7.10, 11.30]`, or `9.20` for one pair."""
+    text = f"{100 * diff.mean:.2f}"
+    return text if diff.n < 2 else f"{text} [{100 * diff.low:.2f}, {100 * diff.high:.2f}]"
+
+
+def p_text(p: float | None) -> str:
+    """`adjusted p = 0.128`, `adjusted p < 0.001`, or why there is none."""
+    if p is None:
+        return "fewer than two seeds to test"
+    return "adjusted p < 0.001" if p < 0.001 else f"adjusted p = {p:.3f}"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value as the report shows it (`<0.001` below that; `–` when there is none)."""
+    if p is None:
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
     """What was compared: dataset, model, training, seeds, code version and grid id."""
     data, train = params.data, params.train
@@ -230,12 +351,15 @@ def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
         f"{name} " + ", ".join(f"{k} {v}" for k, v in getattr(params.optimizers, name).model_dump().items())
         for name in params.grid.optimizer
     )
+    per_seed = data.split_per_seed and len(seeds) > 1
     seed_text = (
         f"one training seed ({seeds[0]})"
         if len(seeds) == 1
-        else f"{len(seeds)} training seeds ({', '.join(map(str, seeds))});"
-        " values are mean ± sample std over seeds"
+        else f"{len(seeds)} training seeds ({', '.join(map(str, seeds))}),"
+        + (" each with its own split;" if per_seed else " one split;")
+        + " values are means over seeds with their 95 % interval"
     )
+    split_seed = "each training seed" if per_seed else f"seed {params.seed}"
     question = (
         "Which optimizer and activation train this network best?"
         if len(params.grid.model) == 1
@@ -246,7 +370,7 @@ def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
             f"# {question} ({data.dataset})",
             "",
             f"- **Dataset**: {data.dataset}, split {train_pct}/{round(100 * data.val_size)}/"
-            f"{round(100 * data.test_size)} % train/validation/test with seed {params.seed}"
+            f"{round(100 * data.test_size)} % train/validation/test with {split_seed}"
             f" ({int(rows['n_test'].iloc[0])} test samples), scaler {data.scaler}"
             + (f", stratified subset of {data.subset}" if data.subset else ""),
             f"- **{'Model' if len(params.grid.model) == 1 else 'Models'}**: {models_text(params)};"
@@ -280,21 +404,10 @@ def comparison_markdown(
 ) -> str:
     """The whole report. Everything above the training-time section reproduces exactly."""
     summary = summarize(rows)
-    best = best_cell(summary)
-    parts = [header(params, rows, commit), ""]
-    if best is None:
-        parts.append("**Every cell diverged**; see below.")
-    else:
-        record = summary.set_index("cell").loc[best]
-        parts.append(
-            f"**Best cell: {best}** (test accuracy {fmt_value(record, 'test_accuracy', 4)},"
-            f" macro F1 {fmt_value(record, 'macro_f1', 4)}). "
-            + (
-                "Best values are in bold."
-                if len(params.grid.model) == 1
-                else "Each architecture's best is in bold."
-            )
-        )
+    analysis = analyze(rows)
+    parts = [header(params, rows, commit), "", headline(summary, analysis)]
+    if analysis.best is not None:
+        parts += ["", "## What the data says", "", *(f"- {s}" for s in sentences(summary, analysis, params))]
     parts += [
         "",
         "## Architectures",
@@ -302,11 +415,16 @@ def comparison_markdown(
         "Best mean test accuracy over the activations, per optimizer (ranked as the leaderboard"
         " ranks), with the activation that reached it; and each network's parameter count.",
         "",
-        architectures_table(summary, params),
+        architectures_table(summary, params, analysis.group if analysis.seeds > 1 else set()),
     ]
+    bold = analysis.group if analysis.seeds > 1 else None
     for pivot in PIVOTS:
-        parts += ["", f"## {pivot.title}", "", *pivot_section(summary, params, pivot)]
-    parts += ["", "## Leaderboard", "", leaderboard(summary)]
+        parts += ["", f"## {pivot.title}", "", *pivot_section(summary, params, pivot, bold)]
+    parts += ["", "## Leaderboard", "", leaderboard(summary, analysis)]
+    if analysis.effects:
+        parts += ["", "## Main effects", "", *main_effects_section(analysis)]
+    parts += ["", "## Single runs", "", single_runs(rows)]
+    parts += ["", "## Method", "", *method_note(params, rows, analysis)]
 
     diverged = rows[rows["diverged"].astype(bool)]
     parts += ["", "## Diverged runs", ""]
@@ -329,6 +447,185 @@ def comparison_markdown(
 
     parts += ["", TIMING_HEADING, "", timing_section(params, timings)]
     return "\n".join(parts) + "\n"
+
+
+def headline(summary: pd.DataFrame, analysis: Analysis) -> str:
+    """The report's first sentence: the best cell with its interval, the cells tied with it and
+    the rest, e.g. "Best: ann-adam-relu, 0.9713 [0.9661, 0.9765]. Tied with it: ... ."."""
+    if analysis.best is None:
+        return "**Every cell diverged**; see below."
+    record = summary.set_index("cell").loc[analysis.best]
+    best = f"**Best: {analysis.best}**, test accuracy {fmt_value(record, 'test_accuracy', 4)}."
+    if analysis.seeds < 2:
+        return (
+            f"{best} One seed cannot separate cells: its lead may be the luck of one training run"
+            " and one split. List several seeds (`grid.seeds: [1, 2, 3, 4, 5]`) to get intervals"
+            " and to learn which cells are tied with the best. Its values are in bold."
+        )
+    worse = [c for c, v in analysis.verdicts.items() if v.verdict == "worse"]
+    tied = analysis.tied
+    text = best + (f" Tied with it: {', '.join(tied)}." if tied else " No other cell is tied with it.")
+    if worse:
+        text += " All others are worse (Holm-adjusted p < 0.05)."
+    else:
+        text += " No cell is clearly worse."
+    return text + " The best and the cells tied with it are in bold."
+
+
+def sentences(summary: pd.DataFrame, analysis: Analysis, params: Params) -> list[str]:
+    """Plain sentences generated from the numbers: the tie group, the worst gap, main effects."""
+    by_cell = summary.set_index("cell")
+    best = analysis.best
+    assert best is not None
+    n = analysis.seeds
+    out = [
+        f"{best} has the highest mean test accuracy, {fmt_value(by_cell.loc[best], 'test_accuracy', 4)}"
+        f" over {n} seed{'s' if n != 1 else ''}."
+    ]
+    if n < 2:
+        out.append("With one seed no difference can be tested: every verdict below is `tied` by default.")
+        return out
+    tied = analysis.tied
+    if tied:
+        out.append(
+            f"{len(tied)} cell{'s are' if len(tied) > 1 else ' is'} tied with it (Holm-adjusted p ≥ 0.05):"
+            f" {', '.join(tied)}; the data cannot tell {'them' if len(tied) > 1 else 'it'} from the best."
+        )
+    else:
+        out.append("Every other cell is worse than it (Holm-adjusted p < 0.05).")
+    worse = {c: v for c, v in analysis.verdicts.items() if v.verdict == "worse"}
+    gaps = {c: v.comparison.diff for c, v in worse.items() if v.comparison and v.comparison.diff}
+    if gaps:
+        cell, gap = max(gaps.items(), key=lambda kv: kv[1].mean)
+        out.append(
+            f"{len(worse)} cell{'s are' if len(worse) > 1 else ' is'} clearly worse; the largest gap is"
+            f" {cell}'s, {points(gap)} points below the best."
+        )
+    gone = [c for c, v in worse.items() if not (v.comparison and v.comparison.diff)]
+    if gone:
+        out.append(f"Every run of {', '.join(gone)} diverged: counted as worse.")
+    for column, effect in analysis.effects.items():
+        out.append(effect_sentence(FACTORS[column], effect))
+    return out
+
+
+def effect_sentence(factor: str, effect: conf.Effect) -> str:
+    """One factor's main effect in words, e.g. "Averaged over the other factors, adam beats sgd
+    by 9.20 points [7.10, 11.30] (adjusted p = 0.001); adam and rmsprop are tied (p = 0.41)."."""
+    others = "the other factors"
+    clauses = []
+    for (a, b), (comparison, p) in effect.pairs.items():
+        diff = comparison.diff
+        if diff is None:
+            clauses.append(f"{a} and {b} cannot be compared (no seed where both have a run)")
+            continue
+        if diff.mean < 0:  # name the better level first
+            a, b = b, a
+            diff = conf.Interval(-diff.mean, -diff.high, -diff.low, diff.n, diff.std)
+        if p is not None and p < conf.ALPHA:
+            clauses.append(f"{a} beats {b} by {points(diff)} points ({p_text(p)})")
+        else:
+            clauses.append(f"{a} and {b} are tied ({p_text(p)})")
+    return f"By {factor}, averaged over {others}: " + "; ".join(clauses) + "."
+
+
+def main_effects_section(analysis: Analysis) -> list[str]:
+    """Per factor: each level's mean test accuracy over seeds (each seed's value the mean over
+    the other factors' cells) with its interval, and every pair of levels compared."""
+    parts = [
+        "Each level's test accuracy averaged over the other factors' cells, seed by seed, then over"
+        " seeds (95 % interval); each pair of levels compared over the seeds, Holm-adjusted within"
+        " the factor.",
+    ]
+    for column, effect in analysis.effects.items():
+        levels = [
+            {
+                FACTORS[column]: level,
+                "test accuracy": "–" if i is None else _interval_text(i),
+                "seeds": "0" if i is None else str(i.n),
+            }
+            for level, i in effect.levels.items()
+        ]
+        pairs = [
+            {
+                "pair": f"{a} − {b}",
+                "difference (points)": points(c.diff) if c.diff else "–",
+                "adjusted p": fmt_p(p),
+                "pairs of seeds": str(c.pairs),
+            }
+            for (a, b), (c, p) in effect.pairs.items()
+        ]
+        parts += [
+            "",
+            f"### {FACTORS[column].capitalize()}",
+            "",
+            pd.DataFrame(levels).to_markdown(index=False, disable_numparse=True),
+            "",
+            pd.DataFrame(pairs).to_markdown(index=False, disable_numparse=True),
+        ]
+    return parts
+
+
+def _interval_text(i: conf.Interval) -> str:
+    return f"{i.mean:.4f}" if i.n < 2 else f"{i.mean:.4f} [{i.low:.4f}, {i.high:.4f}]"
+
+
+def best_levels(analysis: Analysis) -> dict[str, str]:
+    """Each factor's level with the highest mean over seeds (factors with two levels or more)."""
+    out = {}
+    for column, effect in analysis.effects.items():
+        means = {level: i.mean for level, i in effect.levels.items() if i is not None}
+        if means:
+            out[FACTORS[column]] = max(means, key=lambda level: means[level])
+    return out
+
+
+def single_runs(rows: pd.DataFrame) -> str:
+    """Each run's test accuracy with the Wilson 95 % interval of its test set's sampling error."""
+    table = []
+    for _, row in rows.iterrows():
+        n = int(row["n_test"])
+        if pd.isna(row["test_accuracy"]):
+            accuracy, interval = "diverged", "–"
+        else:
+            low, high = conf.wilson(round(float(row["test_accuracy"]) * n), n)
+            accuracy, interval = f"{row['test_accuracy']:.4f}", f"[{low:.4f}, {high:.4f}]"
+        table.append(
+            {
+                "cell": row["cell"],
+                "seed": str(row["seed"]),
+                "test accuracy": accuracy,
+                "Wilson 95 %": interval,
+                "n": str(n),
+            }
+        )
+    return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
+
+
+def method_note(params: Params, rows: pd.DataFrame, analysis: Analysis) -> list[str]:
+    """What was computed, with n: about five lines."""
+    n, cells = analysis.seeds, rows["cell"].nunique()
+    n_test = int(rows["n_test"].iloc[0])
+    split = (
+        "each seed drew its own stratified split (the same split for every cell of that seed)"
+        if params.data.split_per_seed and n > 1
+        else f"every run used the one split of seed {params.seed}"
+    )
+    return [
+        f"- {cells} cells × {n} seed{'s' if n != 1 else ''}; {split}; {n_test} test samples a run.",
+        "- A cell's value is the mean over its seeds that did not diverge, with the 95 % t-interval"
+        " mean ± t(0.975, n−1)·s/√n (scipy.stats).",
+        "- Against the best cell (highest mean test accuracy, ranked as the leaderboard ranks): the"
+        " per-seed differences over the seeds where both runs finished (`pairs`), their mean and"
+        f" t-interval, a two-sided paired t-test (scipy.stats.ttest_rel), Holm-adjusted over the"
+        f" {max(cells - 1, 0)} comparisons; `tied` when the adjusted p ≥ 0.05. Equal differences:"
+        " none means p = 1, a constant one p = 0; a cell all of whose runs diverged is `worse`.",
+        "- Main effects: for each factor with two levels or more, each level's per-seed mean over"
+        " the other factors' cells (a diverged run is left out of its seed's mean), compared pair by"
+        " pair the same way, Holm-adjusted within the factor.",
+        "- Single runs: the Wilson 95 % interval of each run's test accuracy over its test samples,"
+        " the test set's own sampling error.",
+    ]
 
 
 def timing_section(params: Params, timings: pd.DataFrame) -> str:
@@ -384,6 +681,13 @@ def summary_metrics(rows: pd.DataFrame) -> dict[str, Any]:
         record = summary.set_index("cell").loc[best]
         out["best_test_accuracy"] = float(record["test_accuracy"])
         out["best_macro_f1"] = float(record["macro_f1"])
+        if not pd.isna(record["test_accuracy_low"]):
+            out["best_test_accuracy_low"] = float(record["test_accuracy_low"])
+            out["best_test_accuracy_high"] = float(record["test_accuracy_high"])
+    analysis = analyze(rows)
+    out["tied_with_best"] = analysis.tied
+    out["verdicts"] = {cell: v.verdict for cell, v in analysis.verdicts.items()}
+    out["best_levels"] = best_levels(analysis)
     # Per architecture (`dvc metrics show` flattens it to by_model.<model>.best_test_accuracy).
     by_model: dict[str, Any] = {}
     for model, cells in summary.groupby("model", sort=False):
@@ -402,7 +706,7 @@ def _or_none(value: float) -> float | None:
 
 def heatmap_figure(summary: pd.DataFrame, params: Params, metric: str, title: str) -> Any:
     """An optimizer x activation heatmap of a metric's mean per architecture (a panel each, one
-    colour scale), annotated (± std), the grid's best cell outlined."""
+    colour scale), annotated with the interval over seeds, the grid's best cell outlined."""
     plt = figures.pyplot()
     by_cell = summary.set_index("cell")
     optimizers, activations = params.grid.optimizer, params.grid.activation
@@ -436,7 +740,7 @@ def heatmap_figure(summary: pd.DataFrame, params: Params, metric: str, title: st
         for i, optimizer in enumerate(optimizers):
             for j, activation in enumerate(activations):
                 cell = cell_name(model, optimizer, activation)
-                text = fmt_value(by_cell.loc[cell], metric, 3).replace(" ± ", "\n± ").replace(" (", "\n(")
+                text = fmt_value(by_cell.loc[cell], metric, 3).replace(" [", "\n[").replace(" (", "\n(")
                 dark = np.isfinite(grid[i, j]) and grid[i, j] < middle
                 ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
                 if cell == best:
@@ -494,4 +798,30 @@ def curves_figure(
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title)
+    return fig
+
+
+def forest_figure(summary: pd.DataFrame, analysis: Analysis, title: str) -> Any:
+    """Cells sorted by mean test accuracy, one 95 % interval bar each (a dot for one seed), the
+    best and the cells tied with it in another colour, the best's interval shaded across."""
+    plt = figures.pyplot()
+    ranked = summary[summary["test_accuracy"].notna()].sort_values("test_accuracy", kind="stable")
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.38 * max(len(ranked), 1)), layout="constrained")
+    group = analysis.group if analysis.seeds > 1 else set()
+    for y, (_, record) in enumerate(ranked.iterrows()):
+        mean = float(record["test_accuracy"])
+        low, high = record["test_accuracy_low"], record["test_accuracy_high"]
+        color = "tab:red" if record["cell"] in group else "tab:gray"
+        if not pd.isna(low):
+            ax.plot([low, high], [y, y], color=color, lw=2.5, solid_capstyle="butt")
+        ax.plot([mean], [y], "o", color=color, ms=6)
+    if analysis.best is not None:
+        best = summary.set_index("cell").loc[analysis.best]
+        if not pd.isna(best["test_accuracy_low"]):
+            ax.axvspan(best["test_accuracy_low"], best["test_accuracy_high"], color="tab:red", alpha=0.08)
+    ax.set_yticks(range(len(ranked)), list(ranked["cell"]))
+    ax.set_xlabel("test accuracy: mean over seeds, 95 % interval")
+    ax.grid(axis="x", alpha=0.3)
+    label = "red: the best and the cells tied with it" if group else "one seed: no intervals, no ties tested"
+    ax.set_title(f"{title}\n{label}", fontsize=10)
     return fig

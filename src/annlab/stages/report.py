@@ -103,9 +103,20 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
         exp_id, grid_id, tracking.grid_name(params), tracking.grid_tags(params), merge=True
     )
     info = io.read_json(out.data_dir / "dataset.json")
-    x_test, y_test = io.load_array(out.data_dir, "x_test"), io.load_array(out.data_dir, "y_test")
-    test_set = mlflow.data.from_numpy(x_test, targets=y_test, name=f"{info['dataset']}-testing")
+    test_sets: dict[int, Any] = {}
+
+    def test_set(seed: int) -> Any:
+        """The seed's test split as an MLflow dataset (each seed has its own, per data.split_per_seed)."""
+        if seed not in test_sets:
+            split = io.split_dir(out.data_dir, seed)
+            x_test, y_test = io.load_array(split, "x_test"), io.load_array(split, "y_test")
+            test_sets[seed] = mlflow.data.from_numpy(
+                x_test, targets=y_test, name=f"{info['dataset']}-testing"
+            )
+        return test_sets[seed]
+
     digest = io.data_digest(out.data_dir)
+    confidence = rep.cell_confidence(rows)
 
     for _, row in rows.iterrows():
         cell, seed = row["cell"], int(row["seed"])
@@ -131,7 +142,12 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
             with mlflow.start_run(run_id=run_id):
                 # Test metrics come from evaluate's files: log what the run lacks or holds differently.
                 wanted = {k: float(row[k]) for k in TEST_METRIC_KEYS if not pd.isna(row[k])}
+                # The cell's standing in the grid: its interval over seeds, its difference to the
+                # best cell with interval, the Holm-adjusted p, and its verdict.
+                standing = confidence[cell]
+                wanted.update({k: v for k, v in standing.items() if isinstance(v, float)})
                 mlflow.log_metrics(tracking.changed_metrics(before, wanted))
+                mlflow.set_tag("annlab.verdict", standing["verdict"])
                 contexts = {
                     tag.value
                     for i in before.inputs.dataset_inputs
@@ -139,7 +155,7 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
                     if tag.key == "mlflow.data.context"
                 }
                 if "testing" not in contexts:
-                    mlflow.log_input(test_set, context="testing")
+                    mlflow.log_input(test_set(seed), context="testing")
                 for name in ("curves.png", "confusion_matrix.png"):
                     mlflow.log_artifact(str(out.cell_figures / cell / name), artifact_path="plots")
                 mlflow.log_artifact(str(out.eval_dir / f"{cell}.json"), artifact_path="evaluation")
@@ -171,6 +187,7 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
         mlflow.log_metrics(tracking.changed_metrics(parent, numbers))
         if headline["best_cell"] is not None:
             mlflow.set_tag("annlab.best_cell", headline["best_cell"])
+            mlflow.set_tag("annlab.tied_with_best", ",".join(headline["tied_with_best"]) or "none")
         for path in out.grid_files:
             mlflow.log_artifact(str(path), artifact_path="report")
     print(
@@ -238,7 +255,8 @@ def rebuild_run(
         for epoch, value in zip(history["epoch"], history[column], strict=True)
     ]
     tracking.log_metric_points(run_id, curves)
-    arrays = {name: io.load_array(out.data_dir, name) for name in ("x_train", "y_train", "x_val", "y_val")}
+    split = io.split_dir(out.data_dir, seed)
+    arrays = {name: io.load_array(split, name) for name in ("x_train", "y_train", "x_val", "y_val")}
     splits = {
         "training": (arrays["x_train"], arrays["y_train"]),
         "validation": (arrays["x_val"], arrays["y_val"]),
@@ -269,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timings", type=Path, required=True, help="training time per cell and seed, CSV")
     p.add_argument("--summary", type=Path, required=True, help="headline metrics JSON (dvc metrics)")
     p.add_argument("--heatmap", type=Path, required=True, help="test-accuracy heatmap PNG")
+    p.add_argument("--forest", type=Path, required=True, help="forest plot PNG: each cell's interval")
     p.add_argument("--curves-by-activation", type=Path, required=True, help="PNG, a panel per activation")
     p.add_argument("--curves-by-optimizer", type=Path, required=True, help="PNG, a panel per optimizer")
     p.add_argument(
@@ -286,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, timings, metas = read_rows(params, args.eval, args.models)
     histories = {cell.name: figures.read_histories(args.history / cell.name) for cell in params.cells()}
     shown = {
+        "Test accuracy per cell with its 95 % interval; the best and its ties in red": args.forest,
         "Test accuracy per optimizer and activation": args.heatmap,
         "Validation curves, one panel per activation": args.curves_by_activation,
         "Validation curves, one panel per optimizer": args.curves_by_optimizer,
@@ -337,6 +357,7 @@ def write_report(
     figures.save(
         rep.heatmap_figure(summary, params, "test_accuracy", f"Test accuracy ({data_name})"), args.heatmap
     )
+    figures.save(rep.forest_figure(summary, rep.analyze(rows), f"Test accuracy ({data_name})"), args.forest)
     figures.save(
         rep.curves_figure(histories, params, "activation", f"Validation curves per optimizer ({data_name})"),
         args.curves_by_activation,
