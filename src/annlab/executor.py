@@ -224,6 +224,7 @@ class LocalExecutor:
         tries: dict[str, int] = {}
         workers: list[_Worker] = []
         signalled = 0
+        spares = self.jobs + len(cells)  # workers started beyond the first JOBS, at most
 
         def spawn() -> None:
             ours, theirs = ctx.Pipe()
@@ -275,17 +276,23 @@ class LocalExecutor:
                         continue
                     w.process.join()
                     workers.remove(w)
-                    if w.cell is None:
-                        continue
-                    _clean_partial_outputs(w.cell)
-                    died = f"its worker died ({_exit_reason(w.process.exitcode)})"
-                    if tries[w.cell.stage] < 2 and not signalled:
-                        print(f"{w.cell.name}: {died}; retrying it on a fresh worker", flush=True)
-                        queue.appendleft(w.cell)
-                    else:
-                        yield Outcome(w.cell, "interrupted" if signalled else "failed", error=died)
-                    if queue and not signalled:
+                    if w.cell is not None:
+                        _clean_partial_outputs(w.cell)
+                        died = f"its worker died ({_exit_reason(w.process.exitcode)})"
+                        if tries[w.cell.stage] < 2 and not signalled:
+                            print(f"{w.cell.name}: {died}; retrying it on a fresh worker", flush=True)
+                            queue.appendleft(w.cell)
+                        else:
+                            yield Outcome(w.cell, "interrupted" if signalled else "failed", error=died)
+                    # A fresh worker while cells wait, within a budget: one that dies on start
+                    # (an import error, say) must not be replaced forever.
+                    if queue and not signalled and len(workers) < self.jobs and spares > 0:
+                        spares -= 1
                         spawn()
+                if not workers and queue and not signalled:
+                    # Every worker died before it could take a cell (its error is above).
+                    while queue:
+                        yield Outcome(queue.popleft(), "failed", error="no worker could start (see above)")
         finally:
             for w in workers:
                 _close(w)
@@ -422,7 +429,10 @@ class RayExecutor:
 
     def connect(self) -> None:
         """Connect, ship annlab's code, and stop before any dispatch if the versions differ."""
-        import ray
+        try:
+            import ray
+        except ImportError:
+            raise UserError("Ray is not installed in this environment: `make venv` installs it") from None
 
         import annlab
 
