@@ -365,7 +365,7 @@ def test_three_seeds_give_each_its_split_intervals_and_a_tie_group(pipeline: dic
     # The report opens with the tie group, which summary.json and MLflow repeat.
     summary = json.loads((repo / "reports/summary.json").read_text())
     best, tied = summary["best_cell"], summary["tied_with_best"]
-    headline = markdown.split("\n\n")[2]
+    headline = markdown.split("\n\n")[1]
     assert headline.startswith(f"**Best: {best}**, test accuracy ")
     assert (f"Tied with it: {', '.join(tied)}." if tied else "No other cell is tied with it.") in headline
     assert set(summary["verdicts"]) == set(CELLS) and summary["verdicts"][best] == "best"

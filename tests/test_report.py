@@ -174,7 +174,7 @@ def test_pivots_over_seeds_read_mean_and_t_interval_with_the_tie_group_in_bold(
     assert accuracy["adam", "relu"] == "**0.9600 [0.9352, 0.9848]**"  # the best
     assert accuracy["adam", "tanh"] == "**0.9600 [0.9600, 0.9600]**"  # tied with it
     assert "3 training seeds (1, 2, 3), each with its own split" in markdown
-    assert markdown.split("\n\n")[2].startswith(
+    assert markdown.split("\n\n")[1].startswith(
         "**Best: ann-adam-relu**, test accuracy 0.9600 [0.9352, 0.9848]. Tied with it: ann-adam-tanh."
         " All others are worse (Holm-adjusted p < 0.05)."
     )

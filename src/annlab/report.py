@@ -405,7 +405,9 @@ def comparison_markdown(
     """The whole report. Everything above the training-time section reproduces exactly."""
     summary = summarize(rows)
     analysis = analyze(rows)
-    parts = [header(params, rows, commit), "", headline(summary, analysis)]
+    # The answer first, under the question; what was compared after it.
+    title, details = header(params, rows, commit).split("\n\n", 1)
+    parts = [title, "", headline(summary, analysis), "", details]
     if analysis.best is not None:
         parts += ["", "## What the data says", "", *(f"- {s}" for s in sentences(summary, analysis, params))]
     parts += [
