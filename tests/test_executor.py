@@ -235,11 +235,16 @@ def test_cells_are_recorded_as_dvc_repro_records_them(grids: dict) -> None:
 @pytest.mark.slow
 def test_a_failing_cell_is_named_and_the_others_complete(tmp_path: Path) -> None:
     small_repo(tmp_path, _small())
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models/ann-sgd-tanh").write_text("a file where the cell's folder goes\n")
+    # A bug only one cell hits, in the copy's own code (the code its workers run).
+    train = tmp_path / "src/annlab/stages/train.py"
+    hook = "    args = p.parse_args(argv)\n"
+    assert hook in train.read_text()
+    bug = '    if (args.optimizer, args.activation) == ("sgd", "tanh"):\n        raise RuntimeError("a bug")\n'
+    train.write_text(train.read_text().replace(hook, hook + bug))
     proc = repro(tmp_path, 2, _store(tmp_path), check=False)
     assert proc.returncode == 1
-    assert re.search(r"^\[\d/4\] ann-sgd-tanh\s+FAILED: \S", proc.stderr, re.MULTILINE), proc.stderr
+    failed = r"^\[\d/4\] ann-sgd-tanh\s+FAILED: RuntimeError\('a bug'\)$"
+    assert re.search(failed, proc.stderr, re.MULTILINE), proc.stderr
     assert _summary(proc) == (3, 0, 1)
     stale = _status(tmp_path)
     assert "train@ann-sgd-tanh" in stale
