@@ -239,7 +239,8 @@ def test_a_failing_cell_is_named_and_the_others_complete(tmp_path: Path) -> None
     train = tmp_path / "src/annlab/stages/train.py"
     hook = "    args = p.parse_args(argv)\n"
     assert hook in train.read_text()
-    bug = '    if (args.optimizer, args.activation) == ("sgd", "tanh"):\n        raise RuntimeError("a bug")\n'
+    bug = "    if (args.optimizer, args.activation) == ('sgd', 'tanh'):\n"
+    bug += "        raise RuntimeError('a bug')\n"
     train.write_text(train.read_text().replace(hook, hook + bug))
     proc = repro(tmp_path, 2, _store(tmp_path), check=False)
     assert proc.returncode == 1
