@@ -302,7 +302,9 @@ def bench_pipeline(
     peak RSS per stage; serial `dvc repro` once, for reference."""
     import yaml
 
-    repo = _clone(tmp, overrides)
+    # The grid as the tutorial runs it, one seed per cell (params.yaml ships five), then below
+    # five seeds per cell, the default.
+    repo = _clone(tmp, {"grid.seeds": None, **overrides})
     grid = yaml.safe_load((repo / "params.yaml").read_text())["grid"]
     n_cells = len(grid["model"]) * len(grid["optimizer"]) * len(grid["activation"])
     env = {
