@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from annlab.errors import UserError
 
+    if not has_grid(Path("dvc.yaml")):  # not annlab's pipeline: nothing for an executor
+        return dvc(["repro"]) or _pruned()
     if code := dvc(["repro", UPSTREAM]):
         return code
     if args.executor == "dvc":
@@ -254,9 +256,24 @@ def main(argv: list[str] | None = None) -> int:
             return code
     if code := dvc(["repro"]):
         return code
+    return _pruned()
+
+
+def _pruned() -> int:
     if stale := prune_lock():
         print(f"repro: dvc.lock: dropped {len(stale)} stages dvc.yaml no longer has", flush=True)
     return 0
+
+
+def has_grid(dvc_yaml: Path) -> bool:
+    """Whether the pipeline has the grid stage and the stage before it (annlab's does)."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, AttributeError, yaml.YAMLError):
+        return False
+    return GRID_STAGE in stages and UPSTREAM in stages
 
 
 def cold_cells(jobs: int) -> int:
