@@ -62,7 +62,8 @@ def _results(repo: Path) -> dict[str, bytes]:
     files = {}
     for top in ("reports/history", "reports/metrics", "reports/eval", "reports/predictions", "models"):
         for path in sorted((repo / top).rglob("*")):
-            if path.is_file() and path.name not in ("timing.json", "model.keras"):
+            # (DVC's .gitignore lists the cells in the order they were recorded)
+            if path.is_file() and path.name not in ("timing.json", "model.keras", ".gitignore"):
                 files[str(path.relative_to(repo))] = path.read_bytes()
     return files
 

@@ -68,7 +68,8 @@ def test_a_model_holding_code_is_refused_by_evaluate(tmp_path: Path) -> None:
     meta = {"seed": 42, "diverged": False, "diverged_epoch": None, "epochs_run": 1}
     meta |= {"best_val_accuracy": 0.5, "best_epoch": 1, "loss": "categorical_crossentropy"}
     (seed_dir / "meta.json").write_text(json.dumps(meta))
-    x, y = np.zeros((6, 4), dtype=np.float32), np.arange(6) % 3
+    data = tmp_path / "data"
+    io.save_arrays(data, {"x_test": np.zeros((6, 4), dtype=np.float32), "y_test": np.arange(6) % 3})
     with pytest.raises(UserError, match=r"model\.keras: refused: it holds Python code"):
-        evaluate_cell(seed_dir.parent, x, y, ["a", "b", "c"])
+        evaluate_cell(seed_dir.parent, data, ["a", "b", "c"])
     assert not marker.exists()

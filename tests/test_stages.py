@@ -66,6 +66,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> dict:
         timings="timings.csv",
         summary="summary.json",
         heatmap="figures/heatmap.png",
+        forest="figures/forest.png",
         curves_by_activation="figures/by_activation.png",
         curves_by_optimizer="figures/by_optimizer.png",
     )
