@@ -560,7 +560,7 @@ def markdown(result: dict[str, Any]) -> str:
     serial = []
     if p["serial"] is not None:
         serial = [
-            f"| `make repro JOBS=1` (plain `dvc repro`, one run) | {p['serial']:.1f}"
+            f"| `make repro JOBS=1` (one warm worker, one run) | {p['serial']:.1f}"
             f" | {p['serial'] / p['tutorial']['median']:.2f}× |"
         ]
     per_run = statistics.median(ml["per_run"]) - statistics.median(ml["nothing"])
