@@ -56,6 +56,14 @@ def _run(repo: Path, argv: list[str], store: str | None, check: bool) -> subproc
     return proc
 
 
+def default_sigint() -> None:
+    """For `preexec_fn`: the child takes SIGINT as a terminal's Ctrl-C would reach it, even when
+    the tests run as a background job (whose children inherit SIGINT ignored, and keep it so)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def small_repo(repo: Path, edit: Callable[[dict[str, Any]], None]) -> str:
     """A git + DVC copy of the project in `repo` with params.yaml changed by `edit`; its commit."""
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):

@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from annlab.errors import Interrupted
-from conftest import dvc, processed_blobs, repro, small_repo
+from conftest import default_sigint, dvc, processed_blobs, repro, small_repo
 
 
 def _free_port() -> int:
@@ -59,6 +59,7 @@ def test_an_interrupted_cell_writes_nothing_and_its_run_is_killed(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     assert proc.stdout is not None
     started = time.monotonic()

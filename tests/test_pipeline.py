@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import dvc, repro, small_repo
+from conftest import default_sigint, dvc, repro, small_repo
 
 pytestmark = pytest.mark.slow
 
@@ -412,6 +412,7 @@ def test_a_cell_killed_mid_training_is_trained_again_by_the_next_repro(pipeline:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     assert proc.stdout is not None
     started = time.monotonic()
