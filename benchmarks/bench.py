@@ -228,7 +228,6 @@ def bench_training(repeats: int, epochs: int, n_train: int, n_test: int, tmp: Pa
 def _clone(tmp: Path, overrides: dict[str, Any]) -> Path:
     """A copy of the working tree (what git would commit; no outputs), made a git repo of its
     own as a clone would be, sharing the project's .venv; params edited by `overrides`."""
-    import yaml
 
     repo = tmp / "clone"
     listed = subprocess.run(
@@ -242,14 +241,7 @@ def _clone(tmp: Path, overrides: dict[str, Any]) -> Path:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     (repo / ".venv").symlink_to(ROOT / ".venv")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _set_params(repo, overrides)
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     for command in (["init", "--quiet"], ["add", "--all"], ["commit", "--quiet", "-m", "bench"]):
         subprocess.run([*git, *command], cwd=repo, check=True)

@@ -97,6 +97,13 @@ def _lock_entries(repo: Path) -> dict:
     return entries
 
 
+def _cell_runs(repo: Path) -> list[str]:
+    """The names of the cell runs in the repo's MLflow store, sorted (one per cell when none is doubled)."""
+    client = MlflowClient(_store(repo))
+    runs = client.search_runs([client.get_experiment_by_name("annlab").experiment_id])
+    return sorted(r.info.run_name for r in runs if r.data.tags.get("annlab.role") == "cell")
+
+
 def _popen(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     bin_dir = str(Path(sys.executable).parent)
     full = {
@@ -378,10 +385,7 @@ def test_a_ray_cluster_gives_the_local_bits_and_one_mlflow_run_per_cell(
     assert _results(tmp_path) == _results(grids["cold"])
     assert _lock_entries(tmp_path) == _lock_entries(grids["cold"])
     assert _status(tmp_path) == {}
-    client = MlflowClient(_store(tmp_path))
-    runs = client.search_runs([client.get_experiment_by_name("annlab").experiment_id])
-    cells = sorted(r.info.run_name for r in runs if r.data.tags.get("annlab.role") == "cell")
-    assert cells == sorted(CELLS)
+    assert _cell_runs(tmp_path) == sorted(CELLS)
 
 
 @pytest.mark.slow
@@ -403,10 +407,7 @@ def test_a_killed_ray_worker_is_retried_and_nothing_is_duplicated(ray_head: str,
     assert driver.returncode == 0, out
     assert _summary(out) == (4, 0, 0)
     assert _status(tmp_path) == {}
-    client = MlflowClient(_store(tmp_path))
-    runs = client.search_runs([client.get_experiment_by_name("annlab").experiment_id])
-    cells = sorted(r.info.run_name for r in runs if r.data.tags.get("annlab.role") == "cell")
-    assert cells == sorted(CELLS)
+    assert _cell_runs(tmp_path) == sorted(CELLS)
 
 
 # ---------------------------------------------------------------------------------------------
