@@ -69,6 +69,8 @@ def small_repo(repo: Path, edit: Callable[[dict[str, Any]], None]) -> str:
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, repo / name)
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    # data.path's default, a dependency of validate and fetch
+    shutil.copytree(REPO / "data/own", repo / "data/own", dirs_exist_ok=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     edit(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -98,5 +100,5 @@ def processed_blobs(directory: Path, *, scale: float = 1.0, n_train: int = 90) -
         arrays[f"x_{split}"] = ((centers[y] + rng.normal(0, 1, size=(n, 8))) * scale).astype(np.float32)
         arrays[f"y_{split}"] = y.astype(np.int64)
     io.save_arrays(directory, arrays)
-    info = {"dataset": "digits", "class_names": ["a", "b", "c"], "n_features": 8, "image_shape": [2, 4]}
+    info = {"dataset": "digits", "kind": "images", "class_names": ["a", "b", "c"], "input_shape": [2, 4]}
     io.write_json(directory / "dataset.json", {**info, "sizes": {"test": 30}})

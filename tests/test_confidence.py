@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from annlab import confidence as conf
 from annlab.confidence import holm, main_effect, paired, t_interval, verdicts, wilson
 
 
@@ -103,3 +104,11 @@ def test_a_main_effect_averages_over_the_other_factors_per_seed() -> None:
     comparison, p_adj = effect.pairs[("adam", "sgd")]
     assert comparison.pairs == 3 and comparison.diff is not None and comparison.diff.mean > 0
     assert p_adj == comparison.p  # one pair of levels: Holm changes nothing
+
+
+def test_an_interval_is_cut_to_the_range_of_its_metric() -> None:
+    free = conf.t_interval([0.98, 1.0])
+    cut = conf.t_interval([0.98, 1.0], bounds=conf.PROPORTION)
+    assert free is not None and cut is not None
+    assert free.high > 1.0 and cut.high == 1.0  # 0.99 ± 12.706 * 0.01
+    assert cut.low == free.low and cut.mean == free.mean

@@ -127,7 +127,7 @@ def test_fetch_stage_writes_mnist_from_a_mirror(server, tmp_path, monkeypatch) -
     (tmp_path / "params.yaml").write_text("data:\n  dataset: mnist\n")
     out = tmp_path / "raw"
     fetch.main(["--params", str(tmp_path / "params.yaml"), "--out", str(out)])
-    images, labels = np.load(out / "images.npy"), np.load(out / "labels.npy")
+    images, labels = np.load(out / "x.npy"), np.load(out / "labels.npy")
     assert images.shape == (40, 28, 28) and images.dtype == np.uint8
     np.testing.assert_array_equal(labels, np.concatenate([np.arange(30) % 10, np.arange(10) % 10]))
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from annlab import metrics
+from annlab.errors import UserError
 from annlab.model import build_model, compiled_model, make_optimizer, seed_everything
 from annlab.params import Params, parse_params
 
@@ -163,3 +164,21 @@ def test_same_seed_same_weights(one_batch: tuple[np.ndarray, np.ndarray]) -> Non
     first, again, other = train(7), train(7), train(8)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+@pytest.mark.parametrize("model_type", MODELS)
+def test_rgb_images_give_the_cnn_three_channels_and_the_rnn_wider_rows(model_type: str) -> None:
+    model = build_model(Params().for_cell(model_type, "adam", "relu").model, (8, 6, 3), 4)
+    assert model.input_shape == (None, 8 * 6 * 3)  # flat features, as preprocess writes them
+    layers = {layer.name: layer for layer in model.layers}
+    if model_type == "cnn":
+        assert layers["image"].output.shape == (None, 8, 6, 3)
+        assert layers["conv_1"].count_params() == (3 * 3 * 3 + 1) * 64
+    if model_type in ("rnn", "lstm"):
+        assert layers["rows"].output.shape == (None, 8, 18)  # width x channels features a step
+
+
+def test_a_table_trains_only_the_ann() -> None:
+    assert build_model(Params().model, (13,), 3).input_shape == (None, 13)
+    with pytest.raises(UserError, match=r"a cnn needs images .* these samples are \(13,\)"):
+        build_model(Params().for_cell("cnn", "adam", "relu").model, (13,), 3)

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annlab import io
+from annlab import io, owndata
 from annlab.datasets import load_digits
+from annlab.features import apply_scaler, fit_scaler
 from annlab.params import DataParams, ParamsError
 from annlab.stages import preprocess
-from annlab.stages.preprocess import apply_scaler, fit_scaler, split_indices
+from annlab.stages.preprocess import split_indices
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +72,15 @@ def test_too_small_a_subset_is_a_params_error(digits: tuple[np.ndarray, np.ndarr
 def test_preprocess_stage_writes_a_consistent_contract(tmp_path: Path) -> None:
     images, labels = load_digits()
     raw, out = tmp_path / "raw", tmp_path / "processed"
-    io.save_arrays(raw, {"images": images, "labels": labels})
+    owndata.save_raw(raw, owndata.OwnData("images", images, labels, [str(i) for i in range(10)]), "digits")
     (tmp_path / "params.yaml").write_text("seed: 3\ndata: {scaler: standard}\n")
     preprocess.main(["--params", str(tmp_path / "params.yaml"), "--raw", str(raw), "--out", str(out)])
 
     info = io.read_json(out / "dataset.json")
-    scaler = io.read_json(out / "scaler.json")
+    scaler = io.read_json(out / "preprocessing.json")["scaler"]
     x = {k: io.load_array(out, f"x_{k}") for k in ("train", "val", "test")}
     y = {k: io.load_array(out, f"y_{k}") for k in ("train", "val", "test")}
-    assert info["image_shape"] == [8, 8] and info["n_features"] == 64
+    assert info["input_shape"] == [8, 8] and info["kind"] == "images"
     assert info["sizes"] == {k: len(v) for k, v in y.items()}
     assert sum(info["sizes"].values()) == len(labels)
     assert all(v.dtype == np.float32 and not np.isnan(v).any() for v in x.values())
@@ -137,7 +138,7 @@ def test_no_scaler_is_identity(digits: tuple[np.ndarray, np.ndarray]) -> None:
 def test_each_training_seed_draws_its_own_split_and_scaler_with_no_leakage(tmp_path: Path) -> None:
     images, labels = load_digits()
     raw, out = tmp_path / "raw", tmp_path / "processed"
-    io.save_arrays(raw, {"images": images, "labels": labels})
+    owndata.save_raw(raw, owndata.OwnData("images", images, labels, [str(i) for i in range(10)]), "digits")
     params = tmp_path / "params.yaml"
     params.write_text("seed: 42\ndata: {split_per_seed: true}\ngrid: {seeds: [1, 2, 3]}\n")
     preprocess.main(["--params", str(params), "--raw", str(raw), "--out", str(out)])
@@ -150,7 +151,7 @@ def test_each_training_seed_draws_its_own_split_and_scaler_with_no_leakage(tmp_p
         assert set(s["train"]).isdisjoint(s["val"]) and set(s["train"]).isdisjoint(s["test"])
         assert set(s["val"]).isdisjoint(s["test"])
         np.testing.assert_array_equal(io.load_array(split, "y_test"), labels[s["test"]])
-        scaler = io.read_json(split / "scaler.json")
+        scaler = io.read_json(split / "preprocessing.json")["scaler"]
         # fitted on this seed's training split only
         np.testing.assert_allclose(scaler["shift"], features[s["train"]].mean(axis=0), rtol=1e-12)
         np.testing.assert_allclose(io.load_array(split, "x_test"), apply_scaler(scaler, features[s["test"]]))

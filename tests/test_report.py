@@ -169,8 +169,8 @@ def test_pivots_over_seeds_read_mean_and_t_interval_with_the_tie_group_in_bold(
     accuracy = _pivot(markdown, "Test accuracy")
     # 0.89 ± t(0.975, 2) * 0.01 / sqrt(3) = 0.89 ± 4.3027 * 0.005774
     assert accuracy["sgd", "tanh"] == "0.8900 [0.8652, 0.9148]"
-    # two seeds left: t(0.975, 1) = 12.706, s = 0.01414: half-width 0.1271
-    assert accuracy["sgd", "relu"] == "0.9100 [0.7829, 1.0371] (1/3 diverged)"
+    # two seeds left: t(0.975, 1) = 12.706, s = 0.01414: half-width 0.1271, cut at accuracy 1
+    assert accuracy["sgd", "relu"] == "0.9100 [0.7829, 1.0000] (1/3 diverged)"
     assert accuracy["adam", "relu"] == "**0.9600 [0.9352, 0.9848]**"  # the best
     assert accuracy["adam", "tanh"] == "**0.9600 [0.9600, 0.9600]**"  # tied with it
     assert "3 training seeds (1, 2, 3), each with its own split" in markdown

@@ -36,8 +36,17 @@ class Interval:
     std: float | None  # sample standard deviation; None for one value
 
 
-def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval | None:
-    """The mean of `values` (NaN and None dropped) with its t-interval; None when none is left."""
+PROPORTION = (0.0, 1.0)  # accuracies and F1 scores
+DIFFERENCE = (-1.0, 1.0)  # a difference of two of them
+
+
+def t_interval(
+    values: Sequence[float], level: float = LEVEL, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> Interval | None:
+    """The mean of `values` (NaN and None dropped) with its t-interval; None when none is left.
+
+    `bounds`: the values the quantity can take (an accuracy's [0, 1]); the interval is cut to
+    them, as an accuracy of 1.02 says nothing a reader could use."""
     kept = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
     n = int(kept.size)
     if n == 0:
@@ -47,7 +56,7 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval | None
         return Interval(mean, mean, mean, 1, None)
     std = float(kept.std(ddof=1))
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n, std)
+    return Interval(mean, max(mean - half, bounds[0]), min(mean + half, bounds[1]), n, std)
 
 
 def wilson(correct: int, n: int, level: float = LEVEL) -> tuple[float, float]:
@@ -89,7 +98,7 @@ def paired(a: Mapping[int, float | None], b: Mapping[int, float | None]) -> Comp
     x = np.asarray([a[s] for s in seeds], dtype=np.float64)
     y = np.asarray([b[s] for s in seeds], dtype=np.float64)
     d = x - y
-    diff = t_interval(list(d))
+    diff = t_interval(list(d), bounds=DIFFERENCE)
     if len(seeds) < 2:
         return Comparison(diff, None, len(seeds))
     if np.all(d == d[0]):  # zero variance: the t statistic is undefined
@@ -153,7 +162,7 @@ def main_effect(
 ) -> Effect:
     """A factor's main effect: levels in `order`, pairs (a, b) with a before b, Holm within it."""
     means = level_means(accuracy, level_of)
-    levels = {level: t_interval(list(means.get(level, {}).values())) for level in order}
+    levels = {level: t_interval(list(means.get(level, {}).values()), bounds=PROPORTION) for level in order}
     keys = [(a, b) for i, a in enumerate(order) for b in order[i + 1 :]]
     comparisons = [paired(means.get(a, {}), means.get(b, {})) for a, b in keys]
     adjusted = holm([c.p for c in comparisons])

@@ -15,3 +15,7 @@ class Interrupted(BaseException):  # a BaseException, like KeyboardInterrupt: no
 
 class FetchError(UserError):
     """A download failed or did not match its pinned checksum."""
+
+
+class DataError(UserError):
+    """The user's own data (data.path) is missing, unreadable or unfit to train on."""

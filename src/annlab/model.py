@@ -47,23 +47,29 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def build_model(model: ModelParams, image_shape: tuple[int, int], n_classes: int) -> keras.Model:
-    """The network `model.type` names, on flat features of images of `image_shape`.
+def build_model(model: ModelParams, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
+    """The network `model.type` names, on the flat features of samples of `input_shape`:
+    (height, width) or (height, width, channels) for images, (features,) for a table.
 
     - ann: dense hidden layers, as in the tutorial;
-    - cnn: the features as a one-channel image, a Conv2D + MaxPooling2D block per
-      `model.cnn.filters` entry (both with "same" padding), flattened;
-    - rnn, lstm: the image's rows as time steps, stacked SimpleRNN or LSTM layers whose last
-      state is kept; the grid's activation is the cell activation (an LSTM's gates stay sigmoid).
+    - cnn: the features as an image, a Conv2D + MaxPooling2D block per `model.cnn.filters`
+      entry (both with "same" padding), flattened;
+    - rnn, lstm: the image's rows as time steps (width x channels features each), stacked
+      SimpleRNN or LSTM layers whose last state is kept; the grid's activation is the cell
+      activation (an LSTM's gates stay sigmoid).
 
     Then the dense `model.hidden_units` (each followed by dropout, if its rate is set) and a
     softmax output. Every layer uses `model.activation`.
     """
-    height, width = image_shape
+    if model.type != "ann" and len(input_shape) < 2:
+        raise UserError(
+            f"a {model.type} needs images (height, width[, channels]); these samples are {input_shape}"
+        )
+    height, width, channels = (*input_shape, 1)[:3] if len(input_shape) >= 2 else (0, 0, 0)
     act = model.activation
-    layers: list[Any] = [keras.Input(shape=(height * width,), name="features")]
+    layers: list[Any] = [keras.Input(shape=(int(np.prod(input_shape)),), name="features")]
     if model.type == "cnn":
-        layers.append(keras.layers.Reshape((height, width, 1), name="image"))
+        layers.append(keras.layers.Reshape((height, width, channels), name="image"))
         for i, filters in enumerate(model.cnn.filters, start=1):
             layers.append(
                 keras.layers.Conv2D(
@@ -75,7 +81,7 @@ def build_model(model: ModelParams, image_shape: tuple[int, int], n_classes: int
             layers.append(keras.layers.MaxPooling2D(model.cnn.pool_size, padding="same", name=f"pool_{i}"))
         layers.append(keras.layers.Flatten(name="flatten"))
     elif model.type in ("rnn", "lstm"):
-        layers.append(keras.layers.Reshape((height, width), name="rows"))
+        layers.append(keras.layers.Reshape((height, width * channels), name="rows"))
         recurrent = keras.layers.SimpleRNN if model.type == "rnn" else keras.layers.LSTM
         units = getattr(model, model.type).units
         for i, n in enumerate(units, start=1):
@@ -103,7 +109,7 @@ def make_optimizer(name: str, optimizers: OptimizersParams) -> keras.optimizers.
 
 def compiled_model(
     params: Params,
-    image_shape: tuple[int, int],
+    input_shape: tuple[int, ...],
     n_classes: int,
     speed: Speed | None = None,
     n_train: int = 0,
@@ -115,7 +121,7 @@ def compiled_model(
     TensorFlow; they change how fast it trains, not what it computes.
     """
     speed = speed or Speed(steps_per_execution=1)
-    model = build_model(params.model, image_shape, n_classes)
+    model = build_model(params.model, input_shape, n_classes)
     model.compile(
         optimizer=make_optimizer(params.train.optimizer, params.optimizers),
         loss=LOSSES[params.train.loss],

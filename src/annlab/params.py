@@ -21,7 +21,11 @@ from pydantic import (
 
 from annlab.errors import ParamsError
 
-Dataset = Literal["digits", "mnist", "fashion_mnist"]
+Dataset = Literal["digits", "mnist", "fashion_mnist", "csv", "parquet", "npz", "images"]
+BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist")
+TABLE_DATASETS = ("csv", "parquet")
+Color = Literal["grayscale", "rgb"]
+OWN_DATA_KEYS = ("path", "target", "categorical", "drop", "image_size", "color")
 Scaler = Literal["standard", "minmax", "none"]
 OptimizerName = Literal["sgd", "adam", "rmsprop"]
 Activation = Literal[
@@ -47,10 +51,23 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+ColumnName = Annotated[str, Field(min_length=1)]
+ImageSide = Annotated[int, Field(ge=1, le=4096)]
+
+
 class DataParams(_Section):
     """Which dataset, how it is split and scaled."""
 
     dataset: Dataset = "digits"
+    # The user's own data (csv, parquet, npz: a file; images: a folder of class subfolders). The
+    # built-in datasets ignore it; its default is a folder kept in git, since `fetch` lists the
+    # path as a DVC dependency and DVC needs one that exists.
+    path: Annotated[str, Field(min_length=1)] = "data/own"
+    target: ColumnName | None = None  # csv, parquet: the label column
+    categorical: list[ColumnName] | None = None  # csv, parquet: None = every non-numeric column
+    drop: list[ColumnName] = []  # csv, parquet: columns left out (ids, leaks)
+    image_size: Annotated[list[ImageSide], Field(min_length=2, max_length=2)] | None = None
+    color: Color = "grayscale"  # images: grayscale (one channel) or rgb (three)
     test_size: Fraction = 0.2
     val_size: Fraction = 0.1
     scaler: Scaler = "standard"
@@ -66,7 +83,30 @@ class DataParams(_Section):
                 f"test_size + val_size must leave at least 10 % for training "
                 f"(got {self.test_size} + {self.val_size})"
             )
+        if self.dataset in TABLE_DATASETS and self.target is None:
+            raise ValueError(f"data.target: a {self.dataset} dataset needs the name of its label column")
+        for key in ("categorical", "drop"):
+            values = getattr(self, key) or []
+            if self.target is not None and self.target in values:
+                raise ValueError(
+                    f"data.{key}: lists the target column {self.target!r}, which is the label, not a feature"
+                )
+            if duplicates := sorted({v for v in values if values.count(v) > 1}):
+                raise ValueError(f"data.{key}: lists {', '.join(map(repr, duplicates))} more than once")
+        if both := sorted(set(self.categorical or []) & set(self.drop)):
+            raise ValueError(f"data.categorical and data.drop both list {', '.join(map(repr, both))}")
         return self
+
+    @property
+    def builtin(self) -> bool:
+        """Whether the dataset is one annlab fetches itself (digits, MNIST, Fashion-MNIST)."""
+        return self.dataset in BUILTIN_DATASETS
+
+    @property
+    def label(self) -> str:
+        """The data in a few characters, for titles and MLflow: `digits`, or the user's file name
+        (`penguins.csv`)."""
+        return self.dataset if self.builtin else Path(self.path).name or self.path
 
 
 class AnnParams(_Section):
@@ -219,6 +259,15 @@ class Params(_Section):
     grid: GridParams = GridParams()
     mlflow: MlflowParams = MlflowParams()
 
+    @model_validator(mode="after")
+    def _tables_train_the_ann(self) -> Params:
+        if self.data.dataset in TABLE_DATASETS and (others := [m for m in self.grid.model if m != "ann"]):
+            raise ValueError(
+                f"grid.model: {', '.join(others)} cannot train on a table (data.dataset: "
+                f"{self.data.dataset}): a CNN needs images, an RNN or LSTM sequences; use [ann]"
+            )
+        return self
+
     def for_cell(self, model: str, optimizer: str, activation: str) -> Params:
         """The params of one grid cell: the grid's architecture, optimizer and activation replace
         the single-run defaults."""
@@ -267,6 +316,9 @@ class Params(_Section):
         tree["train"].pop("optimizer")
         tree["model"].pop("type")
         tree["model"].pop("activation")
+        if self.data.builtin:  # the keys of the user's own data do not apply
+            for key in OWN_DATA_KEYS:
+                tree["data"].pop(key)
         for name in get_args(OptimizerName):
             if name not in self.grid.optimizer:
                 tree["optimizers"].pop(name)

@@ -5,6 +5,7 @@ and writes the files."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,9 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             mean, std = mean_std(values)
             record[metric] = np.nan if mean is None else mean
             record[f"{metric}_std"] = np.nan if std is None else std
-            interval = conf.t_interval(values)  # type: ignore[arg-type]
+            proportion = "accuracy" in metric or metric.startswith(("macro_", "weighted_"))
+            bounds = conf.PROPORTION if proportion else (0.0, math.inf)  # losses, epochs
+            interval = conf.t_interval(values, bounds=bounds)  # type: ignore[arg-type]
             two = interval is not None and interval.n > 1
             record[f"{metric}_low"] = interval.low if two else np.nan  # type: ignore[union-attr]
             record[f"{metric}_high"] = interval.high if two else np.nan  # type: ignore[union-attr]
@@ -367,9 +370,9 @@ def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
     )
     return "\n".join(
         [
-            f"# {question} ({data.dataset})",
+            f"# {question} ({data.label})",
             "",
-            f"- **Dataset**: {data.dataset}, split {train_pct}/{round(100 * data.val_size)}/"
+            f"- **Dataset**: {dataset_text(params)}, split {train_pct}/{round(100 * data.val_size)}/"
             f"{round(100 * data.test_size)} % train/validation/test with {split_seed}"
             f" ({int(rows['n_test'].iloc[0])} test samples), scaler {data.scaler}"
             + (f", stratified subset of {data.subset}" if data.subset else ""),
@@ -381,6 +384,21 @@ def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
             " `annlab.grid` tag)",
         ]
     )
+
+
+def dataset_text(params: Params) -> str:
+    """The data: `digits`, or the user's file with its kind and settings."""
+    data = params.data
+    if data.builtin:
+        return data.dataset
+    settings = {
+        "csv": f"target `{data.target}`" + (f", dropped {', '.join(data.drop)}" if data.drop else ""),
+        "parquet": f"target `{data.target}`" + (f", dropped {', '.join(data.drop)}" if data.drop else ""),
+        "npz": "arrays x, y",
+        "images": f"{data.color} images"
+        + (f" resized to {data.image_size[0]}x{data.image_size[1]}" if data.image_size else ""),
+    }
+    return f"`{data.path}` ({data.dataset}, {settings[data.dataset]})"
 
 
 def models_text(params: Params) -> str:
@@ -400,9 +418,17 @@ def models_text(params: Params) -> str:
 
 
 def comparison_markdown(
-    params: Params, rows: pd.DataFrame, timings: pd.DataFrame, commit: str, figures: dict[str, str]
+    params: Params,
+    rows: pd.DataFrame,
+    timings: pd.DataFrame,
+    commit: str,
+    figures: dict[str, str],
+    best_evaluation: dict[str, Any] | None = None,
 ) -> str:
-    """The whole report. Everything above the training-time section reproduces exactly."""
+    """The whole report. Everything above the training-time section reproduces exactly.
+
+    `best_evaluation`: the best cell's evaluation (evaluate's per-class report), for its
+    per-class table."""
     summary = summarize(rows)
     analysis = analyze(rows)
     # The answer first, under the question; what was compared after it.
@@ -425,6 +451,8 @@ def comparison_markdown(
     parts += ["", "## Leaderboard", "", leaderboard(summary, analysis)]
     if analysis.effects:
         parts += ["", "## Main effects", "", *main_effects_section(analysis)]
+    if best_evaluation is not None and analysis.best is not None:
+        parts += ["", f"## Per class: {analysis.best}", "", per_class_table(best_evaluation)]
     parts += ["", "## Single runs", "", single_runs(rows)]
     parts += ["", "## Method", "", *method_note(params, rows, analysis)]
 
@@ -582,6 +610,26 @@ def best_levels(analysis: Analysis) -> dict[str, str]:
     return out
 
 
+def per_class_table(evaluation: dict[str, Any]) -> str:
+    """A cell's precision, recall and F1 per class (means over the seeds that did not diverge),
+    with the test samples of the class summed over seeds."""
+    seeds = [s for s in evaluation["seeds"] if not s["diverged"]]
+    table = []
+    for i, name in enumerate(evaluation["class_names"]):
+        entries = [s["classes"][i] for s in seeds]
+        record = {"class": markdown_text(name)}
+        for key in ("precision", "recall", "f1"):
+            record[key] = f"{np.mean([e[key] for e in entries]):.4f}" if entries else "–"
+        record["test samples"] = str(sum(e["support"] for e in entries))
+        table.append(record)
+    return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
+
+
+def markdown_text(text: str) -> str:
+    """A user's text (a class name) safe in a Markdown table cell."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def single_runs(rows: pd.DataFrame) -> str:
     """Each run's test accuracy with the Wilson 95 % interval of its test set's sampling error."""
     table = []
@@ -616,7 +664,8 @@ def method_note(params: Params, rows: pd.DataFrame, analysis: Analysis) -> list[
     return [
         f"- {cells} cells × {n} seed{'s' if n != 1 else ''}; {split}; {n_test} test samples a run.",
         "- A cell's value is the mean over its seeds that did not diverge, with the 95 % t-interval"
-        " mean ± t(0.975, n−1)·s/√n (scipy.stats).",
+        " mean ± t(0.975, n−1)·s/√n (scipy.stats), cut to the range the metric can take (an"
+        " accuracy's [0, 1]) where it would reach past it, as it can with few seeds.",
         "- Against the best cell (highest mean test accuracy, ranked as the leaderboard ranks): the"
         " per-seed differences over the seeds where both runs finished (`pairs`), their mean and"
         f" t-interval, a two-sided paired t-test (scipy.stats.ttest_rel), Holm-adjusted over the"

@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     if up_to_date():  # one status for the whole pipeline, not a repro of each part
         print("trained 0, restored 0 from cache, failed 0: every stage is up to date", flush=True)
         return _pruned()
+    if missing := missing_data():
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     if code := dvc(["repro", UPSTREAM]):
         return code
     if args.executor == "dvc":
@@ -266,6 +269,22 @@ def _pruned() -> int:
     if stale := prune_lock():
         print(f"repro: dvc.lock: dropped {len(stale)} stages dvc.yaml no longer has", flush=True)
     return 0
+
+
+def missing_data() -> str | None:
+    """What is wrong when params.yaml names own data that is not there (DVC would only say
+    "missing dependency"); None otherwise, bad params included: `validate` reports those."""
+    from annlab.errors import ParamsError
+    from annlab.params import load_params
+
+    try:
+        data = load_params(PARAMS).data
+    except ParamsError:
+        return None
+    if data.builtin or Path(data.path).exists():
+        return None
+    what = "a folder with one subfolder per class" if data.dataset == "images" else f"a {data.dataset} file"
+    return f"{PARAMS}: data.path: {data.path} does not exist; data.dataset {data.dataset} reads {what}"
 
 
 def up_to_date() -> bool:

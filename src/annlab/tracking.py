@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from annlab import io
 from annlab.errors import Interrupted, UserError
-from annlab.params import ModelType, OptimizerName, Params
+from annlab.params import OWN_DATA_KEYS, ModelType, OptimizerName, Params
 
 T = TypeVar("T")
 
@@ -76,10 +76,12 @@ def cell_params(params: Params, model: str, optimizer: str, activation: str, see
     `seed` is the run's training seed (weights, shuffling); `split_seed` the data split's.
     Left out: the grid lists (they say which cells exist, not how this one trains) and the
     other optimizers' and architectures' hyperparameters (the cell does not depend on them,
-    and DVC does not rerun it when they change).
+    and DVC does not rerun it when they change), and with a built-in dataset the own-data keys.
     """
     others = [f"optimizers.{o}." for o in get_args(OptimizerName) if o != optimizer]
     others += [f"model.{m}." for m in get_args(ModelType) if m != model]
+    if params.data.builtin:  # the keys of the user's own data do not apply
+        others += [f"data.{key}" for key in OWN_DATA_KEYS]
     flat = {
         k: v
         for k, v in params.for_cell(model, optimizer, activation).flat().items()
@@ -90,7 +92,7 @@ def cell_params(params: Params, model: str, optimizer: str, activation: str, see
         "model_type": model,
         "optimizer": optimizer,
         "activation": activation,
-        "dataset": params.data.dataset,
+        "dataset": params.data.label,
         "seed": seed,
         "split_seed": params.seed,
     }
@@ -114,7 +116,7 @@ def cell_run_name(cell: str, seed: int, seeds: list[int]) -> str:
 
 def grid_name(params: Params) -> str:
     """A readable name for a grid's parent run: what was trained, and the grid id."""
-    return f"grid {params.data.dataset} {params.models_label()} ({params.grid_id()[:8]})"
+    return f"grid {params.data.label} {params.models_label()} ({params.grid_id()[:8]})"
 
 
 def grid_tags(params: Params) -> dict[str, str]:
@@ -122,13 +124,13 @@ def grid_tags(params: Params) -> dict[str, str]:
     grid = params.grid
     note = (
         f"annlab grid `{params.grid_id()}`: {'; '.join(params.architectures().values())}"
-        f" on {params.data.dataset}, "
+        f" on {params.data.label}, "
         f"{params.train.epochs} epochs, batch {params.train.batch_size}; "
         f"optimizers {', '.join(grid.optimizer)} x activations {', '.join(grid.activation)}; "
         f"seeds {', '.join(map(str, params.seeds))}. Each cell is a child run; "
         "the comparison report and figures are this run's artifacts."
     )
-    tags = {DATASET_TAG: params.data.dataset, "mlflow.note.content": note}
+    tags = {DATASET_TAG: params.data.label, "mlflow.note.content": note}
     if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`: which experiment made this grid
         tags["annlab.dvc_exp"] = os.environ["DVC_EXP_NAME"]
     return tags

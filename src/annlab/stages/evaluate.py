@@ -13,10 +13,16 @@ from annlab.params import load_params
 
 
 def predictions_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> str:
-    """One row per test sample, in the shape `dvc plots` wants for a confusion matrix."""
-    rows = ["actual,predicted"]
-    rows += [f"{class_names[t]},{class_names[p]}" for t, p in zip(y_true, y_pred, strict=True)]
-    return "\n".join(rows) + "\n"
+    """One row per test sample, in the shape `dvc plots` wants for a confusion matrix (class
+    names quoted where a comma or quote in them needs it)."""
+    import csv
+    import io as stdio
+
+    text = stdio.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    writer.writerows((class_names[t], class_names[p]) for t, p in zip(y_true, y_pred, strict=True))
+    return text.getvalue()
 
 
 def evaluate_cell(model_dir: Path, data_dir: Path, names: list[str]) -> dict:

@@ -65,7 +65,7 @@ def draw_cell(cell: Cell, params: Params, history_dir: Path, report: dict[str, A
     seeds = [s["seed"] for s in report["seeds"]]
     diverged = [str(s["seed"]) for s in report["seeds"] if s["diverged"]]
     title = (
-        f"{cell.name} ({params.data.dataset}, {params.architectures()[cell.model]}"
+        f"{cell.name} ({params.data.label}, {params.architectures()[cell.model]}"
         + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "")
         + ")"
         + (f", diverged: seed {', '.join(diverged)}" if diverged else "")

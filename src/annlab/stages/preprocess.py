@@ -1,4 +1,5 @@
-"""Stage `preprocess`: stratified train/validation/test split and a scaler fitted on train only."""
+"""Stage `preprocess`: stratified train/validation/test splits, and the inputs' preprocessing
+(scaler; for tables imputation and one-hot too) fitted on each training split only."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from annlab import cli, datasets, io
+from annlab import cli, features, io, owndata
 from annlab.errors import ParamsError
 from annlab.params import DataParams, load_params
 
@@ -39,62 +40,49 @@ def split_indices(labels: np.ndarray, data: DataParams, seed: int) -> dict[str, 
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def fit_scaler(kind: str, x_train: np.ndarray) -> dict[str, Any]:
-    """Scaler state fitted on the training features: x' = (x - shift) / scale."""
-    from sklearn.preprocessing import MinMaxScaler, StandardScaler
-
-    n = x_train.shape[1]
-    if kind == "standard":
-        s = StandardScaler().fit(x_train)
-        shift, scale = s.mean_, s.scale_
-    elif kind == "minmax":
-        s = MinMaxScaler().fit(x_train)
-        shift, scale = s.data_min_, 1.0 / s.scale_  # sklearn's scale_ is 1 / range (0 -> 1)
-    elif kind == "none":
-        shift, scale = np.zeros(n), np.ones(n)
-    else:
-        raise ValueError(f"unknown scaler {kind!r}")
-    return {"kind": kind, "shift": shift.tolist(), "scale": scale.tolist()}
-
-
-def apply_scaler(state: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    """Apply a fitted scaler; float32, as the network trains in float32."""
-    shift = np.asarray(state["shift"], dtype=np.float64)
-    scale = np.asarray(state["scale"], dtype=np.float64)
-    return ((x.astype(np.float64) - shift) / scale).astype(np.float32)
+def rows(x: Any, index: np.ndarray) -> Any:
+    """The rows `index` of an array or a DataFrame."""
+    return x.iloc[index].reset_index(drop=True) if hasattr(x, "iloc") else x[index]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Split, scale and save the arrays, the scaler state and a description of the data."""
+    """Split, transform and save the arrays, the fitted preprocessing and a description of the data."""
     p = cli.parser(__doc__)
     p.add_argument("--raw", type=Path, required=True, help="fetch's output folder")
     p.add_argument("--out", type=Path, required=True, help="folder for the processed arrays")
     args = p.parse_args(argv)
     params = load_params(args.params)
 
-    images = io.load_array(args.raw, "images")
-    labels = io.load_array(args.raw, "labels")
-    features = images.reshape(len(images), -1)
+    raw = owndata.load_raw(args.raw)
     # One split per training seed, each in seed-<n>/ (`io.split_dir`), or, with one training
     # seed or data.split_per_seed false, one split at the top.
     split_seeds = params.seeds if params.data.split_per_seed else [params.seed]
     per_seed = len(split_seeds) > 1
     with io.atomic_path(args.out) as tmp:
         for seed in split_seeds:
-            splits = split_indices(labels, params.data, seed)
-            scaler = fit_scaler(params.data.scaler, features[splits["train"]].astype(np.float64))
+            splits = split_indices(raw.labels, params.data, seed)
+            train = rows(raw.x, splits["train"])
+            if raw.kind == "table":
+                state = features.fit_table(train, raw.numeric, raw.categorical, params.data.scaler)
+            else:
+                state = features.fit_array(params.data.scaler, train)
             arrays = {}
             for name, idx in splits.items():
-                arrays[f"x_{name}"] = apply_scaler(scaler, features[idx])
-                arrays[f"y_{name}"] = labels[idx]
+                arrays[f"x_{name}"] = features.transform(state, rows(raw.x, idx))
+                arrays[f"y_{name}"] = raw.labels[idx]
             folder = tmp / io.seed_name(seed) if per_seed else tmp
             io.save_arrays(folder, arrays)
-            io.write_json(folder / "scaler.json", scaler)
+            io.write_json(folder / "preprocessing.json", state)
         info = {
-            "dataset": params.data.dataset,
-            "image_shape": list(images.shape[1:]),
-            "n_features": int(features.shape[1]),
-            "class_names": datasets.CLASS_NAMES[params.data.dataset],
+            "dataset": params.data.label,
+            "kind": raw.kind,
+            # one sample as the network's input layers see it; null for a table, whose width
+            # (after one-hot) is each split's own
+            "input_shape": None if raw.kind == "table" else list(raw.x.shape[1:]),
+            "class_names": raw.class_names,
+            "columns": (
+                {"numeric": raw.numeric, "categorical": raw.categorical} if raw.kind == "table" else None
+            ),
             # stratified with the same fractions: every seed's split has these sizes
             "sizes": {name: len(idx) for name, idx in splits.items()},
             "split_seeds": split_seeds,

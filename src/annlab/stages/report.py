@@ -169,7 +169,7 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
         if "grid_id" not in parent.data.params:
             mlflow.log_params(
                 {
-                    "dataset": params.data.dataset,
+                    "dataset": params.data.label,
                     "model": params.models_label(),
                     "epochs": params.train.epochs,
                     "batch_size": params.train.batch_size,
@@ -352,7 +352,7 @@ def write_report(
     """Write the comparison report, its CSVs and its figures (the paths `args` names)."""
     from annlab.tracking import code_version
 
-    data_name = params.data.dataset
+    data_name = params.data.label
     summary = rep.summarize(rows)
     figures.save(
         rep.heatmap_figure(summary, params, "test_accuracy", f"Test accuracy ({data_name})"), args.heatmap
@@ -367,7 +367,11 @@ def write_report(
         args.curves_by_optimizer,
     )
     links = {title: _relative(path, args.markdown.parent) for title, path in shown.items()}
-    io.write_text(args.markdown, rep.comparison_markdown(params, rows, timings, code_version(), links))
+    best = rep.analyze(rows).best
+    evaluation = io.read_json(args.eval / f"{best}.json") if best else None
+    io.write_text(
+        args.markdown, rep.comparison_markdown(params, rows, timings, code_version(), links, evaluation)
+    )
     io.write_text(args.csv, rep.rows_csv(rows))
     io.write_text(args.timings, timings.to_csv(index=False, lineterminator="\n", float_format="%.3f"))
 

@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
 
     info = io.read_json(args.data / "dataset.json")
     n_classes = len(info["class_names"])
-    image_shape = (info["image_shape"][0], info["image_shape"][1])
     digest = io.data_digest(args.data)
     grid_id = base.grid_id()
 
@@ -155,7 +154,9 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
         with tracking.start_cell_run(link, exp_id, tracking.run_key(key, grid_id), name, parent_id, run_tags):
             splits = {"training": (x_train, y_train), "validation": (x_val, y_val)}
             link.call(tracking.log_cell_inputs, logged_params, grid_id, splits, info["dataset"])
-            model = annmodel.compiled_model(params, image_shape, n_classes, speed, len(x_train))
+            # A table's width is its split's own (one-hot over the categories its training rows hold).
+            shape = tuple(info["input_shape"] or x_train.shape[1:])
+            model = annmodel.compiled_model(params, shape, n_classes, speed, len(x_train))
             started = time.perf_counter()
             logger = EpochLogger()
             try:

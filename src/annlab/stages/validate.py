@@ -1,4 +1,5 @@
-"""Stage `validate`: check params.yaml before any other stage runs (and so before DVC clears outputs)."""
+"""Stage `validate`: check params.yaml, and the user's own data if it names some, before any
+other stage runs (and so before DVC clears outputs)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ STAMP = "params.yaml validated; see dvc.yaml stage 'validate'\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Validate the params file and write the stamp (without --stamp: only check)."""
+    """Validate the params file and the data it names; write the stamp (without --stamp: only check)."""
     p = cli.parser(__doc__)
     p.add_argument("--stamp", type=Path, help="file written when params are valid")
     args = p.parse_args(argv)
-    load_params(args.params, complete=True)
+    params = load_params(args.params, complete=True)
+    if not params.data.builtin:
+        from annlab import owndata
+
+        data = owndata.read(params.data)
+        owndata.check(data, params, params.data.path)
+        print(f"validate: {params.data.path}: {data.describe()}")
     if args.stamp:
         io.write_text(args.stamp, STAMP)
 
