@@ -178,7 +178,7 @@ def _read_frame(path: Path, kind: str) -> pd.DataFrame:
         if kind == "csv":
             # Every cell as text: which columns are numbers is decided here, cell by cell, so a
             # stray word in a numeric column is found and named rather than silently kept.
-            return pd.read_csv(path, dtype=str, skipinitialspace=True)
+            return pd.read_csv(path, dtype=str, skipinitialspace=True, encoding="utf-8-sig")
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (a CSV file needs a header row and data rows)") from None

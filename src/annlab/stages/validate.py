@@ -17,9 +17,14 @@ def main(argv: list[str] | None = None) -> None:
     """Validate the params file and the data it names; write the stamp (without --stamp: only check)."""
     p = cli.parser(__doc__)
     p.add_argument("--stamp", type=Path, help="file written when params are valid")
+    p.add_argument(
+        "--params-only",
+        action="store_true",
+        help="check params.yaml only, not the data it names (the stage checks that when it changes)",
+    )
     args = p.parse_args(argv)
     params = load_params(args.params, complete=True)
-    if not params.data.builtin:
+    if not params.data.builtin and not args.params_only:
         from annlab import owndata
 
         data = owndata.read(params.data)
