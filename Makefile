@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 PORT ?= 5000
+MODEL ?= models:/annlab@champion
 # Grid cells trained at once by `make repro` (warm local workers), experiments at once by
 # `make sweep`: one per core.
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
@@ -25,7 +26,7 @@ HOST ?= 127.0.0.1
 SERVER_STORE ?= sqlite:///$(CURDIR)/mlflow-server/mlflow.db
 SERVER_ARTIFACTS ?= $(CURDIR)/mlflow-server/artifacts
 
-.PHONY: help venv repro sweep sync bench test test-fast lint format ui server clean
+.PHONY: help venv repro sweep sync bench test test-fast lint format ui serve server clean
 
 help: ## List the targets with their purpose
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,6 +77,10 @@ format: venv ## Format the code with ruff
 
 ui: venv ## Serve the MLflow UI on 127.0.0.1:$(PORT) over the project's store
 	mlflow ui --backend-store-uri "$(TRACKING_URI)" --host 127.0.0.1 --port $(PORT)
+
+serve: venv ## Serve a model on 127.0.0.1:$(PORT) for raw inputs (MODEL, default models:/annlab@champion)
+	MLFLOW_TRACKING_URI="$(TRACKING_URI)" mlflow models serve -m "$(MODEL)" \
+		--host 127.0.0.1 --port $(PORT) --env-manager local
 
 server: venv ## A shared MLflow tracking server (127.0.0.1:5000; HOST, PORT): database backend, proxied artifacts
 	@mkdir -p mlflow-server

@@ -102,3 +102,12 @@ def processed_blobs(directory: Path, *, scale: float = 1.0, n_train: int = 90) -
     io.save_arrays(directory, arrays)
     info = {"dataset": "digits", "kind": "images", "class_names": ["a", "b", "c"], "input_shape": [2, 4]}
     io.write_json(directory / "dataset.json", {**info, "sizes": {"test": 30}})
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

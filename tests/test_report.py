@@ -459,3 +459,65 @@ def test_an_all_diverged_cell_is_worse_and_the_forest_plot_draws_the_rest(tmp_pa
     assert labels[-1] == analysis.best and "ann-sgd-tanh" not in labels
     figures.save(fig, tmp_path / "forest.png")
     assert (tmp_path / "forest.png").stat().st_size > 0
+
+
+class _Registry:
+    """The registry calls the champion policy makes, over versions kept in memory."""
+
+    def __init__(self, champion: object | None) -> None:
+        self.champion = champion
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> object:
+        from mlflow.exceptions import MlflowException
+
+        if self.champion is None:
+            raise MlflowException("no alias")
+        return self.champion
+
+
+def _version(number: str, dataset: str, mean: float, high: float | None) -> object:
+    from types import SimpleNamespace
+
+    tags = {"annlab.dataset": dataset, "annlab.cell_test_accuracy": str(mean)}
+    tags["annlab.cell_test_accuracy_high"] = "" if high is None else str(high)
+    return SimpleNamespace(version=number, tags=tags)
+
+
+@pytest.mark.parametrize(
+    ("champion", "new", "moves", "why"),
+    [
+        (None, _version("1", "digits", 0.97, 0.98), True, "there was none"),
+        (
+            _version("1", "digits", 0.97, 0.98),
+            _version("2", "digits", 0.975, 0.99),
+            False,
+            "within its interval",
+        ),
+        (
+            _version("1", "digits", 0.97, 0.98),
+            _version("2", "digits", 0.985, 0.99),
+            True,
+            "above version 1's interval",
+        ),
+        (
+            _version("1", "digits", 0.97, 0.98),
+            _version("2", "iris.csv", 0.90, 0.95),
+            True,
+            "trained on digits",
+        ),
+        (
+            _version("1", "digits", 0.97, None),
+            _version("2", "digits", 0.971, None),
+            True,
+            "above",
+        ),  # one seed
+        (_version("3", "digits", 0.97, 0.98), _version("3", "digits", 0.97, 0.98), False, "stays version 3"),
+    ],
+)
+def test_the_champion_moves_only_beyond_its_interval_or_to_new_data(
+    champion: object | None, new: object, moves: bool, why: str
+) -> None:
+    from annlab.stages.report import champion_policy
+
+    move, reason = champion_policy(_Registry(champion), "annlab", new)
+    assert move is moves and why in reason

@@ -1,5 +1,9 @@
-"""The `annlab` command. `annlab sync`: upload to MLflow the runs of the workspace's grid that
-the store lacks (trained offline, or while the tracking server was down), from the DVC outputs."""
+"""The `annlab` command.
+
+`annlab sync`: upload to MLflow the runs of the workspace's grid that the store lacks (trained
+offline, or while the tracking server was down), from the DVC outputs.
+`annlab predict`: classify raw inputs with a trained model (a cell, a model folder, an MLflow
+`models:/` or `runs:/` URI); one row per input with the class name and each class's probability."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -46,7 +51,106 @@ def sync(argv: list[str] | None) -> None:
     report.main([*report_argv(args.dvc_yaml), "--params", args.params, "--mlflow-only"])
 
 
-COMMANDS = {"sync": sync}
+def predict(argv: list[str] | None) -> None:
+    """Classify raw inputs with a trained model; print the accuracy when they carry labels."""
+    p = argparse.ArgumentParser(prog="annlab predict", description=predict.__doc__.splitlines()[0])
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a cell (ann-adam-relu; with --seed), a folder models/<cell>/seed-<n>, "
+        "models:/<name>@champion or models:/<name>/<version>, or runs:/<run id>/model",
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="tables: a .csv or .parquet file; images: an .npy or .npz (x, and y if labelled), "
+        "an image file, or a folder of images (with one subfolder per class: labelled)",
+    )
+    p.add_argument(
+        "--output", type=Path, help="write the predictions here (.csv or .parquet); default: stdout"
+    )
+    p.add_argument(
+        "--seed", type=int, help="with a cell name: the seed's model (default: the cell's model in use)"
+    )
+    p.add_argument(
+        "--models", type=Path, default=Path("models"), help="train's output (default: %(default)s)"
+    )
+    args = p.parse_args(argv)
+
+    from annlab import io, served
+
+    predictor, source = load_predictor(args.model, args.seed, args.models)
+    x, labels = served.read_inputs(args.input, predictor)
+    try:
+        out = predictor.predict(x)
+    except served.InputError as exc:
+        raise served.InputError(f"{args.input}: {exc}") from None
+    notes = sys.stdout if args.output else sys.stderr  # stdout may be the CSV itself
+    print(f"predict: {source}: {len(out)} inputs from {args.input}", file=notes)
+    if labels is not None:
+        import numpy as np
+
+        names = np.asarray(predictor.class_names, dtype=object)
+        correct = int((out["predicted"].to_numpy() == names[labels]).sum())
+        print(f"predict: accuracy {correct / len(out):.4f} ({correct}/{len(out)} correct)", file=notes)
+    if args.output is None:
+        sys.stdout.write(out.to_csv(index=False, lineterminator="\n"))
+    elif args.output.suffix.lower() in (".parquet", ".pq"):
+        with io.atomic_path(args.output) as tmp:
+            out.to_parquet(tmp, index=False)
+    else:
+        io.write_text(args.output, out.to_csv(index=False, lineterminator="\n"))
+
+
+def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
+    """The predictor `ref` names, and how to say where it came from."""
+    from annlab import io, served
+
+    if ref.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from annlab import tracking
+
+        mlflow.set_tracking_uri(tracking.tracking_uri())  # the project's store, or $MLFLOW_TRACKING_URI
+        try:
+            model = mlflow.pyfunc.load_model(ref)
+        except mlflow.exceptions.MlflowException as exc:
+            raise UserError(f"--model {ref}: {exc.message}") from None
+        python_model = model.unwrap_python_model()
+        if not hasattr(python_model, "predictor"):
+            raise UserError(f"--model {ref}: not an annlab model (it takes no raw inputs)")
+        return python_model.predictor, ref
+    folder = Path(ref)
+    if not folder.is_dir():
+        cell = models / ref
+        if not cell.is_dir():
+            cells = sorted(d.name for d in models.iterdir() if d.is_dir()) if models.is_dir() else []
+            raise UserError(
+                f"--model {ref}: no such cell or folder; the trained cells are: "
+                f"{', '.join(cells) or f'none ({models} is empty: run make repro)'}"
+            )
+        seeds = io.by_seed(d for d in cell.iterdir() if d.is_dir())
+        if seed is None:
+            seed = in_use_seed(seeds)
+        if seed not in seeds:
+            raise UserError(f"--model {ref} --seed {seed}: the cell has seeds {', '.join(map(str, seeds))}")
+        folder = seeds[seed]
+    return served.Predictor.load(folder), str(folder)
+
+
+def in_use_seed(seeds: dict[int, Path]) -> int:
+    """A cell's model in use: the seed with the highest validation accuracy, as the registry picks."""
+    from annlab import io
+
+    metas = {s: io.read_json(d / "meta.json") for s, d in seeds.items()}
+    trained = {s: m for s, m in metas.items() if not m["diverged"]}
+    if not trained:
+        raise UserError(f"{next(iter(seeds.values())).parent}: every seed diverged; no model to use")
+    return min(trained, key=lambda s: (-(trained[s]["best_val_accuracy"] or 0.0), s))
+
+
+COMMANDS = {"sync": sync, "predict": predict}
 
 
 def main() -> None:

@@ -232,6 +232,9 @@ class MlflowParams(_Section):
     """Where runs are filed in MLflow (the store itself comes from the environment)."""
 
     experiment: Annotated[str, Field(min_length=1, max_length=200)] = "annlab"
+    # The report stage registers each new grid's best model under this name; the alias
+    # `champion` marks the one in use (docs/mlflow.md, "The model registry").
+    registered_model: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/:@]+$")] = "annlab"
 
 
 def cell_name(model: str, optimizer: str, activation: str) -> str:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import mlflow
-import numpy as np
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
@@ -391,19 +390,17 @@ def log_cell_inputs(
 
 
 def log_cell_outputs(
-    seed_dir: Path, history_csv: Path, x_spec: Any, model: Any = None, with_model: bool = True
+    seed_dir: Path, history_csv: Path, split_dir: Path, model: Any = None, with_model: bool = True
 ) -> None:
     """Log what train wrote for one seed of a cell to the active run: time, divergence, parameter
-    count, history CSV, summary and (unless it diverged) the model.
+    count, history CSV, summary and (unless it diverged) the model, which takes raw inputs
+    (`annlab.pyfunc`).
 
     Args:
-        x_spec: an array with the features' dtype and width (the model signature's input).
+        split_dir: the data split the seed trained on (its raw test rows give the input example).
         model: the trained Keras model; None loads `seed_dir/model.keras` (in safe mode).
         with_model: False for a run rebuilt for a reused cell, whose model is in the run that trained it.
     """
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
     meta, timing = io.read_json(seed_dir / "meta.json"), io.read_json(seed_dir / "timing.json")
     metrics = {"train_seconds": timing["train_seconds"], "diverged": float(meta["diverged"])}
     mlflow.log_metrics({**metrics, "n_params": float(meta["n_params"])})
@@ -412,17 +409,9 @@ def log_cell_outputs(
     mlflow.log_artifact(str(seed_dir / "model_summary.txt"))
     if meta["diverged"] or not with_model:  # NaN weights: no model worth serving
         return
-    if model is None:
-        from annlab.model import load_model
+    from annlab import pyfunc
 
-        model = load_model(seed_dir / "model.keras")
-    n_classes = int(model.output_shape[-1])
-    # From the shapes: inferring it from a prediction would trace a predict function.
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(x_spec.dtype, (-1, x_spec.shape[1]))]),
-        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, n_classes))]),
-    )
-    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=pip_requirements())
+    pyfunc.log_model(seed_dir, split_dir, pip_requirements(), model)
 
 
 MAX_BATCH = 1000  # metrics per log_batch request: MLflow refuses more
@@ -443,7 +432,7 @@ def changed_metrics(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 def pip_requirements() -> list[str]:
     """Pinned requirements of a logged Keras model, given so MLflow need not infer them (slow)."""
     reqs = []
-    for dist in ("keras", "tensorflow-cpu", "tensorflow", "numpy"):
+    for dist in ("mlflow", "keras", "tensorflow-cpu", "tensorflow", "numpy", "pandas", "pyarrow", "pillow"):
         try:
             reqs.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:

@@ -45,6 +45,18 @@ def rows(x: Any, index: np.ndarray) -> Any:
     return x.iloc[index].reset_index(drop=True) if hasattr(x, "iloc") else x[index]
 
 
+def save_raw_test(folder: Path, raw: owndata.OwnData, index: np.ndarray, target: str | None) -> None:
+    """The split's test rows as the user's data has them, labelled with the class names: what a
+    model of this split scores exactly as evaluate does (`annlab predict --input`)."""
+    names = np.asarray(raw.class_names)[raw.labels[index]]
+    if raw.kind == "table":
+        rows(raw.x, index).assign(**{target or "label": names}).to_parquet(
+            folder / "test.parquet", index=False
+        )
+    else:
+        io.save_npz(folder / "test.npz", {"x": raw.x[index], "y": names})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Split, transform and save the arrays, the fitted preprocessing and a description of the data."""
     p = cli.parser(__doc__)
@@ -73,16 +85,22 @@ def main(argv: list[str] | None = None) -> None:
             folder = tmp / io.seed_name(seed) if per_seed else tmp
             io.save_arrays(folder, arrays)
             io.write_json(folder / "preprocessing.json", state)
+            save_raw_test(folder, raw, splits["test"], params.data.target)
         info = {
             "dataset": params.data.label,
             "kind": raw.kind,
             # one sample as the network's input layers see it; null for a table, whose width
             # (after one-hot) is each split's own
             "input_shape": None if raw.kind == "table" else list(raw.x.shape[1:]),
+            "input_dtype": None if raw.kind == "table" else str(raw.x.dtype),  # as the data has it
             "class_names": raw.class_names,
             "columns": (
                 {"numeric": raw.numeric, "categorical": raw.categorical} if raw.kind == "table" else None
             ),
+            # How a user's raw inputs become the samples above (`annlab predict`, served models).
+            "target": params.data.target if raw.kind == "table" else None,
+            "image_size": params.data.image_size if params.data.dataset == "images" else None,
+            "color": params.data.color if params.data.dataset == "images" else None,
             # stratified with the same fractions: every seed's split has these sizes
             "sizes": {name: len(idx) for name, idx in splits.items()},
             "split_seeds": split_seeds,

@@ -3,6 +3,7 @@ grid in MLflow as one parent run with every cell's run as a child."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
 
     digest = io.data_digest(out.data_dir)
     confidence = rep.cell_confidence(rows)
+    run_of: dict[tuple[str, int], str] = {}
 
     for _, row in rows.iterrows():
         cell, seed = row["cell"], int(row["seed"])
@@ -137,6 +139,7 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
                 if stale.info.status == "RUNNING":
                     client.set_tag(stale.info.run_id, tracking.SUPERSEDED_TAG, run_id)
                     client.set_terminated(stale.info.run_id, "FAILED")
+        run_of[cell, seed] = run_id
         before = client.get_run(run_id)
         try:
             with mlflow.start_run(run_id=run_id):
@@ -194,6 +197,122 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
         f"report: MLflow grid run {parent_id} with {len(rows)} child runs,"
         f" in {tracking.redact(mlflow.get_tracking_uri())}"
     )
+    if headline["best_cell"] is not None:
+        print(register_best(params, rows, headline, out, run_of))
+
+
+def model_seed(rows: pd.DataFrame, cell: str) -> int:
+    """Which of a cell's seeds stands for it in use: the highest validation accuracy (the lowest
+    seed on a tie). Not the test accuracy, which would make the test set choose the model."""
+    runs = rows[(rows["cell"] == cell) & ~rows["diverged"].astype(bool)]
+    best = runs.sort_values(["best_val_accuracy", "seed"], ascending=[False, True], kind="stable")
+    return int(best["seed"].iloc[0])
+
+
+def register_best(
+    params: Params, rows: pd.DataFrame, headline: dict[str, Any], out: GridOutputs, run_of: dict
+) -> str:
+    """Register the grid's best model (once per grid) and move the alias `champion` as the
+    policy says (`champion_policy`); a line saying what happened."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from annlab import tracking
+
+    client = MlflowClient()
+    name = params.mlflow.registered_model
+    cell = headline["best_cell"]
+    seed = model_seed(rows, cell)
+    meta = out.metas[cell, seed]
+    key = tracking.run_key(meta["cell_key"], params.grid_id())
+    run = client.get_run(run_of[cell, seed])
+    source_run = run.data.tags.get(tracking.REUSED_TAG, run.info.run_id)  # where the model lives
+    outputs = client.get_run(source_run).outputs
+    logged = [o.model_id for o in (outputs.model_outputs if outputs else [])]
+    if not logged:
+        return (
+            f"report: registry: {cell} seed {seed}: its run {source_run} holds no model; nothing registered"
+        )
+    try:
+        client.get_registered_model(name)
+    except MlflowException:  # RESOURCE_DOES_NOT_EXIST: the first grid registers it
+        client.create_registered_model(
+            name, description="The best model of each annlab grid; @champion is in use."
+        )
+    versions = client.search_model_versions(f"name='{name}'")
+    mine = [v for v in versions if v.tags.get(tracking.KEY_TAG) == key]
+    if mine:
+        version = mine[0]
+        added = False
+    else:
+        record = rows[(rows["cell"] == cell) & (rows["seed"] == seed)].iloc[0]
+        tags = {
+            tracking.KEY_TAG: key,
+            tracking.GRID_TAG: params.grid_id(),
+            tracking.CELL_TAG: cell,
+            "annlab.seed": str(seed),
+            "annlab.git_commit": run.data.tags.get("mlflow.source.git.commit", "unknown"),
+            "annlab.dvc_stage": f"train@{cell}",
+            "annlab.data_digest": meta["data_digest"],
+            tracking.DATASET_TAG: meta["dataset"],
+            "annlab.test_accuracy": f"{float(record['test_accuracy']):.6f}",
+            "annlab.cell_test_accuracy": f"{headline['best_test_accuracy']:.6f}",
+            "annlab.cell_test_accuracy_low": _tag_number(headline.get("best_test_accuracy_low")),
+            "annlab.cell_test_accuracy_high": _tag_number(headline.get("best_test_accuracy_high")),
+        }
+        version = client.create_model_version(
+            name, f"models:/{logged[-1]}", run_id=source_run, tags=tags, model_id=logged[-1],
+            description=f"{cell} seed {seed}, the best cell of grid {params.grid_id()} on {meta['dataset']}",
+        )  # fmt: skip
+        added = True
+    what = f"{name} version {version.version} ({cell} seed {seed})"
+    move, why = champion_policy(client, name, version)
+    if move:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    return f"report: registry: {'registered' if added else 'already holds'} {what}; champion: {why}"
+
+
+CHAMPION = "champion"
+
+
+def champion_policy(client: Any, name: str, new: Any) -> tuple[bool, str]:
+    """Whether `new` becomes the champion, and why.
+
+    It does when there is none, when the champion was trained on another dataset (it serves the
+    data this grid is about), or when the new best cell's mean test accuracy lies above the
+    champion's 95 % interval. A best within that interval is no evidence of a better model, so
+    the champion stays: models in use do not flip with seed noise.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from annlab import tracking
+
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no champion yet
+        return True, f"now version {new.version} (there was none)"
+    if current.version == new.version:
+        return False, f"stays version {current.version}"
+    if current.tags.get(tracking.DATASET_TAG) != new.tags.get(tracking.DATASET_TAG):
+        return True, (
+            f"now version {new.version}: version {current.version} was trained on "
+            f"{current.tags.get(tracking.DATASET_TAG)}, this grid is on {new.tags.get(tracking.DATASET_TAG)}"
+        )
+    mean = float(new.tags["annlab.cell_test_accuracy"])
+    high = current.tags.get("annlab.cell_test_accuracy_high") or current.tags.get("annlab.cell_test_accuracy")
+    if high is not None and mean > float(high):
+        return (
+            True,
+            f"now version {new.version}: its {mean:.4f} is above version {current.version}'s interval",
+        )
+    return False, (
+        f"stays version {current.version}: the new best's {mean:.4f} is within its interval (up to "
+        f"{float(high):.4f}), so nothing shows the new model is better"
+    )
+
+
+def _tag_number(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.6f}"
 
 
 def rebuild_run(
@@ -268,7 +387,7 @@ def rebuild_run(
         tracking.log_cell_outputs(
             out.models_dir / cell / seed_name,
             out.history_dir / cell / f"{seed_name}.csv",
-            arrays["x_train"],
+            split,
             with_model=not trained,
         )
     return run_id

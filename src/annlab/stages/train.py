@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -182,6 +183,10 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
 
             seed_dir.mkdir()
             model.save(seed_dir / "model.keras")
+            # With the preprocessing of its split and what the data is, the folder is a model in
+            # use: raw inputs in, class names out (`annlab predict`, the logged MLflow model).
+            shutil.copy(split / "preprocessing.json", seed_dir / "preprocessing.json")
+            shutil.copy(args.data / "dataset.json", seed_dir / "dataset.json")
             meta = {
                 "cell": cell,
                 "seed": seed,
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
             io.write_json(seed_dir / "timing.json", timing)
             io.write_text(history_path, history_csv(history))
             # What the run holds is what was just written: `annlab sync` logs the same from the files.
-            link.call(tracking.log_cell_outputs, seed_dir, history_path, x_train, model)
+            link.call(tracking.log_cell_outputs, seed_dir, history_path, split, model)
         if diverged_at is not None:
             return f"train: {name}: diverged at epoch {diverged_at} (loss no longer finite); stopped"
         finals.append(history["val_accuracy"][-1])

@@ -1,0 +1,125 @@
+"""The MLflow model annlab logs for every run: a pyfunc around `served.Predictor`, so a logged,
+registered or served model takes raw inputs (table rows with their original columns, strings
+and missing values; pixels as the dataset has them) and returns class names and probabilities.
+
+No pickle holds the preprocessing: it travels as JSON beside the Keras file, and the code as
+this package (`code_paths`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from annlab import served
+from annlab.errors import UserError
+
+ARTIFACT = "model_dir"
+PACKAGE = Path(__file__).resolve().parent  # src/annlab: shipped with the model
+
+
+class AnnlabModel(mlflow.pyfunc.PythonModel):
+    """Raw inputs in, a DataFrame out: `predicted` (the class name) and `p(<class>)` for each class."""
+
+    def load_context(self, context: Any) -> None:
+        self.predictor = served.Predictor.load(context.artifacts[ARTIFACT])
+
+    # No type hints: MLflow would read them as a schema of its own; the signature is the schema.
+    def predict(self, context, model_input, params=None):
+        try:
+            return self.predictor.predict(model_input)
+        except UserError as exc:  # the scoring server answers 400 with the message
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def signature(predictor: served.Predictor) -> Any:
+    """The raw inputs' schema (original columns, or the pixels' shape) and the output's."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    if predictor.is_table:
+        inputs = Schema(
+            [ColSpec("double", name) for name in predictor.columns["numeric"]]
+            + [ColSpec("string", name) for name in predictor.columns["categorical"]]
+        )
+    else:
+        # The dtype the dataset's samples have (uint8 pixels for images): MLflow checks it exactly.
+        dtype = np.dtype(predictor.dataset.get("input_dtype") or "float64")
+        inputs = Schema([TensorSpec(dtype, (-1, *predictor.shape))])
+    outputs = Schema(
+        [ColSpec("string", "predicted")] + [ColSpec("double", f"p({name})") for name in predictor.class_names]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example(split_dir: Path, predictor: served.Predictor) -> Any:
+    """Two raw test rows of the model's split (preprocess keeps them), as a user sends them."""
+    for name in (served.RAW_TEST_TABLE, served.RAW_TEST_ARRAYS):
+        if (split_dir / name).is_file():
+            x, _ = served.read_inputs(split_dir / name, predictor)
+            if predictor.is_table:
+                columns = predictor.columns["numeric"] + predictor.columns["categorical"]
+                return x[columns].head(2)
+            return np.asarray(x[:2])
+    return None
+
+
+def log_model(seed_dir: Path, split_dir: Path, pip_requirements: list[str], model: Any = None) -> None:
+    """Log the model folder `seed_dir` as the active run's MLflow model `model`; `split_dir`:
+    the data split it was trained on, for the input example; `model`: the Keras model in memory
+    (None: read from the folder)."""
+    from mlflow.models import Model
+
+    predictor = served.Predictor.load(seed_dir, model)
+    with tempfile.TemporaryDirectory() as tmp:
+        # Only what the predictor reads, not the run's history or timing.
+        bundle = Path(tmp) / "model"
+        bundle.mkdir()
+        for name in (served.MODEL_FILE, served.PREPROCESSING, served.DATASET):
+            shutil.copy(seed_dir / name, bundle / name)
+        with _quiet():
+            Model.log(
+                artifact_path=None,
+                name="model",
+                flavor=mlflow.pyfunc,
+                python_model=str(PACKAGE / "pyfunc_entry.py"),  # models from code: no pickle
+                artifacts={ARTIFACT: str(bundle)},
+                code_paths=[str(PACKAGE)],
+                signature=signature(predictor),
+                input_example=input_example(split_dir, predictor),
+                pip_requirements=pip_requirements,
+            )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """MLflow's chatter while it logs (progress bars over local copies, a note on type hints,
+    "Validating input example") would repeat for every run of a grid."""
+    import logging
+    import os
+    import warnings
+
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*type hints.*")
+            yield
+    finally:
+        logger.setLevel(level)
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous

@@ -1,0 +1,265 @@
+"""A trained model in use: raw inputs in (table rows with their original columns, or pixels as
+the dataset has them), class names and probabilities out.
+
+Each model folder `models/<cell>/seed-<n>/` holds all it needs: `model.keras`, the
+preprocessing fitted on its training split (`preprocessing.json`) and what its data is
+(`dataset.json`). `Predictor` reads them; `annlab.pyfunc` wraps it for MLflow, so a logged,
+registered or served model takes the same raw inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from annlab import features, io
+from annlab.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MODEL_FILE = "model.keras"
+PREPROCESSING = "preprocessing.json"  # as preprocess wrote it for the model's split
+DATASET = "dataset.json"  # as preprocess wrote it: kind, class names, input shape, target
+RAW_TEST_TABLE = "test.parquet"  # preprocess keeps each split's test rows raw, labels included
+RAW_TEST_ARRAYS = "test.npz"
+SHOWN = 5
+
+
+class InputError(UserError):
+    """Inputs that do not fit the model: wrong columns, a wrong shape, text for a number."""
+
+
+@dataclass
+class Predictor:
+    """A trained network with the preprocessing of its training split."""
+
+    model: Any  # keras.Model
+    preprocessing: dict[str, Any]
+    dataset: dict[str, Any]
+
+    @classmethod
+    def load(cls, folder: str | Path, model: Any = None) -> Predictor:
+        """The predictor a model folder holds (`models/<cell>/seed-<n>/`); `model`: its Keras
+        model already in memory (None: read from the folder)."""
+        folder = Path(folder)
+        missing = [n for n in (MODEL_FILE, PREPROCESSING, DATASET) if not (folder / n).is_file()]
+        if missing:
+            raise UserError(
+                f"{folder}: not a trained model folder (it lacks {', '.join(missing)}); a model "
+                f"folder is models/<cell>/seed-<n>/ after `make repro`"
+            )
+        from annlab.model import load_model
+
+        model = model if model is not None else load_model(folder / MODEL_FILE)
+        return cls(model, io.read_json(folder / PREPROCESSING), io.read_json(folder / DATASET))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.dataset["class_names"])
+
+    @property
+    def is_table(self) -> bool:
+        return self.preprocessing["kind"] == "table"
+
+    @property
+    def columns(self) -> dict[str, list[str]]:
+        """A table's input columns: numeric and categorical."""
+        return {
+            "numeric": list(self.preprocessing["numeric"]["columns"]),
+            "categorical": [c["name"] for c in self.preprocessing["categorical"]],
+        }
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One raw sample's shape: (height, width[, channels]) or (features,)."""
+        return tuple(self.dataset["input_shape"])
+
+    def expected(self) -> str:
+        """The inputs this model takes, in words."""
+        if self.is_table:
+            cols = [f"{c} (number)" for c in self.columns["numeric"]]
+            cols += [f"{c} (text)" for c in self.columns["categorical"]]
+            return f"a table with the columns {', '.join(cols)}; empty cells are allowed"
+        if len(self.shape) == 1:
+            return f"an array of shape (n, {self.shape[0]}) of numbers"
+        return f"an array of shape (n, {', '.join(map(str, self.shape))}) of pixel values"
+
+    def prepare(self, x: Any) -> np.ndarray:
+        """Raw inputs as the network's float32 features; InputError naming the expected schema."""
+        if self.is_table:
+            return features.transform(self.preprocessing, self._table(x))
+        return features.transform(self.preprocessing, self._array(x))
+
+    def probabilities(self, x: Any) -> np.ndarray:
+        """Each input's class probabilities, columns in `class_names` order."""
+        # As evaluate predicts (same call, same batches): the same inputs give the same bits.
+        return self.model.predict(self.prepare(x), verbose=0)
+
+    def predict(self, x: Any) -> pd.DataFrame:
+        """One row per input: the predicted class name, then each class's probability."""
+        import pandas as pd
+
+        probs = self.probabilities(x)
+        names = np.asarray(self.class_names, dtype=object)
+        out = pd.DataFrame({"predicted": names[probs.argmax(axis=1)]})
+        for i, name in enumerate(self.class_names):
+            out[f"p({name})"] = probs[:, i].astype(np.float64)
+        return out
+
+    def _table(self, x: Any) -> pd.DataFrame:
+        import pandas as pd
+
+        if not isinstance(x, pd.DataFrame):
+            raise InputError(f"expected {self.expected()}; got {type(x).__name__}")
+        x = x.rename(columns=str)
+        wanted = self.columns["numeric"] + self.columns["categorical"]
+        if missing := [c for c in wanted if c not in x.columns]:
+            raise InputError(
+                f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing[:SHOWN]))}"
+                f"{', …' if len(missing) > SHOWN else ''}; expected {self.expected()}"
+            )
+        table = {}
+        for name in self.columns["numeric"]:
+            column = x[name]
+            numbers = pd.to_numeric(column, errors="coerce").astype("float64")
+            bad = np.flatnonzero((numbers.isna() & column.notna()).to_numpy())
+            if len(bad):
+                raise InputError(
+                    f"column {name!r} takes numbers, but row {bad[0] + 1} has {column.iloc[bad[0]]!r};"
+                    f" expected {self.expected()}"
+                )
+            table[name] = numbers
+        for name in self.columns["categorical"]:
+            table[name] = x[name].astype("string")
+        return pd.DataFrame(table, index=pd.RangeIndex(len(x)))
+
+    def _array(self, x: Any) -> np.ndarray:
+        import pandas as pd
+
+        if isinstance(x, pd.DataFrame):  # flat features posted as a table
+            x = x.to_numpy()
+        x = np.asarray(x)
+        shape = self.shape
+        if x.dtype.kind not in "biuf":
+            raise InputError(f"expected {self.expected()}; got values of type {x.dtype}")
+        if x.shape == shape:  # one sample
+            x = x[None]
+        elif len(shape) == 2 and x.shape[1:] == (*shape, 1):  # grayscale with a channel axis
+            x = x[..., 0]
+        if x.shape[1:] != shape:
+            raise InputError(f"got an array of shape {x.shape}; expected {self.expected()}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise InputError(
+                f"input {np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0]} holds NaN or infinity"
+            )
+        return x
+
+    def labels(self, x: Any) -> np.ndarray | None:
+        """The class indices of a table's label column, when the input has one (else None)."""
+        target = self.dataset.get("target")
+        if not self.is_table or target is None or target not in getattr(x, "columns", []):
+            return None
+        return self.encode(x[target].tolist(), f"column {target!r}")
+
+    def encode(self, names: list[Any], where: str) -> np.ndarray:
+        """Class names (as the user writes them) as class indices; unknown names are an error."""
+        index = {name: i for i, name in enumerate(self.class_names)}
+        unknown = sorted({str(n) for n in names} - index.keys())
+        if unknown:
+            raise InputError(
+                f"{where}: {', '.join(map(repr, unknown[:SHOWN]))} not among the model's classes "
+                f"({', '.join(self.class_names)})"
+            )
+        return np.asarray([index[str(n)] for n in names], dtype=np.int64)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_inputs(path: str | Path, predictor: Predictor) -> tuple[Any, np.ndarray | None]:
+    """Raw inputs from a file or folder, and their class indices where the file has labels.
+
+    Tables: a CSV or Parquet file (its label column, if present, gives the labels). Images and
+    arrays: an .npy (x) or .npz (x, and labels y if present), one image file, or a folder of
+    images (with one subfolder per class, the folder names give the labels).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder (--input)")
+    suffix = path.suffix.lower()
+    if predictor.is_table:
+        import pandas as pd
+
+        from annlab.errors import DataError
+
+        try:
+            if suffix == ".csv":
+                x = pd.read_csv(path, encoding="utf-8-sig", skipinitialspace=True)
+            elif suffix in (".parquet", ".pq"):
+                x = pd.read_parquet(path)
+            else:
+                raise UserError(f"{path}: this model reads tables: a .csv or .parquet file")
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise DataError(f"{path}: cannot be read as a table ({exc})") from None
+        return x, predictor.labels(x)
+    if suffix == ".npy":
+        return io_load(path), None
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            if "x" not in npz:
+                raise UserError(
+                    f"{path}: no array 'x' (the inputs); found {', '.join(npz.keys()) or 'nothing'}"
+                )
+            x = npz["x"]
+            y = npz.get("y")
+        return x, None if y is None else predictor.encode(y.tolist(), f"{path}: y")
+    files, names = _image_files(path)
+    images = np.stack([_read_image(f, predictor) for f in files])
+    return images, None if names is None else predictor.encode(names, str(path))
+
+
+def io_load(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise UserError(f"{path}: not a plain NumPy array ({exc})") from None
+
+
+def _image_files(path: Path) -> tuple[list[Path], list[str] | None]:
+    if path.is_file():
+        return [path], None
+    folders = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if folders:  # one subfolder per class: labelled
+        files, names = [], []
+        for folder in folders:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(f)
+                    names.append(folder.name)
+        return files, names
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{path}: no PNG or JPEG images")
+    return files, None
+
+
+def _read_image(file: Path, predictor: Predictor) -> np.ndarray:
+    """An image file as the model's training images were read (color, resizing)."""
+    from PIL import Image, UnidentifiedImageError
+
+    shape = predictor.shape
+    channels = shape[2] if len(shape) == 3 else 1
+    try:
+        with Image.open(file) as image:
+            pixels = image.convert("RGB" if channels == 3 else "L")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{file}: cannot be read as an image ({exc})") from None
+    if predictor.dataset.get("image_size"):
+        from PIL import Image as PILImage
+
+        pixels = pixels.resize((shape[1], shape[0]), PILImage.Resampling.BILINEAR)
+    return np.asarray(pixels, dtype=np.uint8)

@@ -1,0 +1,286 @@
+"""The trained model in use: raw inputs through the model folder, the logged MLflow model, the
+registry's champion, `annlab predict` and a served model, on digits and on a CSV with
+categorical columns and missing values."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_owndata import real_table
+
+from annlab import metrics, served
+from conftest import REPO, free_port, repro, small_repo
+
+pytestmark = pytest.mark.slow
+
+CELLS = ["ann-adam-relu", "ann-adam-tanh"]
+SEEDS = [1, 2]
+
+
+def _grid(params: dict) -> None:
+    params["train"]["epochs"] = 4
+    params["grid"].update(optimizer=["adam"], activation=["relu", "tanh"], seeds=SEEDS)
+
+
+@pytest.fixture(scope="module", params=["digits", "csv"])
+def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A repo after `make repro` of a two-cell, two-seed grid, with its own MLflow store."""
+    kind = request.param
+    repo = tmp_path_factory.mktemp(f"{kind}-repo")
+    store = f"sqlite:///{repo.parent / (repo.name + '-mlflow.db')}"
+    if kind == "csv":
+        (repo / "data/own").mkdir(parents=True)
+        real_table("wine").to_csv(repo / "data/own/wine.csv", index=False)
+
+    def edit(params: dict) -> None:
+        _grid(params)
+        if kind == "csv":
+            params["data"].update(dataset="csv", path="data/own/wine.csv", target="species")
+        else:
+            params["data"]["subset"] = 400
+
+    small_repo(repo, edit)
+    repro(repo, 2, store)
+    return {"kind": kind, "repo": repo, "store": store}
+
+
+def _raw_test(repo: Path, seed: int, predictor: served.Predictor) -> tuple[Any, np.ndarray]:
+    split = repo / "data/processed" / f"seed-{seed}"
+    name = served.RAW_TEST_TABLE if predictor.is_table else served.RAW_TEST_ARRAYS
+    x, labels = served.read_inputs(split / name, predictor)
+    assert labels is not None
+    return x, labels
+
+
+def test_raw_test_rows_score_exactly_the_pipeline_test_metrics(trained: dict[str, Any]) -> None:
+    repo = trained["repo"]
+    for cell in CELLS:
+        evaluation = json.loads((repo / f"reports/eval/{cell}.json").read_text())
+        for entry in evaluation["seeds"]:
+            predictor = served.Predictor.load(repo / f"models/{cell}/seed-{entry['seed']}")
+            x, labels = _raw_test(repo, entry["seed"], predictor)
+            scalars, _ = metrics.evaluate(
+                labels, predictor.probabilities(x), "categorical_crossentropy", predictor.class_names
+            )
+            for key in ("test_accuracy", "test_loss", "macro_f1"):
+                assert scalars[key] == entry[key], (cell, entry["seed"], key)
+
+
+def _client(store: str) -> Any:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(store)
+    return MlflowClient(store)
+
+
+def test_the_best_model_is_registered_once_with_its_provenance(trained: dict[str, Any]) -> None:
+    repo, store = trained["repo"], trained["store"]
+    client = _client(store)
+    (version,) = client.search_model_versions("name='annlab'")
+    summary = json.loads((repo / "reports/summary.json").read_text())
+    tags = version.tags
+    assert tags["annlab.cell"] == summary["best_cell"]
+    assert tags["annlab.dvc_stage"] == f"train@{summary['best_cell']}"
+    assert int(tags["annlab.seed"]) in SEEDS
+    assert float(tags["annlab.cell_test_accuracy"]) == pytest.approx(summary["best_test_accuracy"], abs=1e-6)
+    assert float(tags["annlab.cell_test_accuracy_low"]) <= float(tags["annlab.cell_test_accuracy"])
+    assert tags["annlab.grid"] and tags["annlab.data_digest"] and tags["annlab.git_commit"]
+    assert client.get_model_version_by_alias("annlab", "champion").version == version.version
+    # The seed in use is the best validation accuracy, not the best test accuracy.
+    metas = {
+        s: json.loads((repo / f"models/{tags['annlab.cell']}/seed-{s}/meta.json").read_text()) for s in SEEDS
+    }
+    assert int(tags["annlab.seed"]) == min(SEEDS, key=lambda s: (-metas[s]["best_val_accuracy"], s))
+    # The report again (as `annlab sync` runs it) adds no version.
+    sync = _annlab(repo, store, "sync")
+    assert sync.returncode == 0, sync.stderr
+    assert "already holds annlab version 1" in sync.stdout
+    assert len(client.search_model_versions("name='annlab'")) == 1
+
+
+def test_the_logged_model_takes_raw_inputs_with_its_signature(trained: dict[str, Any]) -> None:
+    import mlflow
+
+    repo, store = trained["repo"], trained["store"]
+    client = _client(store)
+    version = client.get_model_version_by_alias("annlab", "champion")
+    seed = int(version.tags["annlab.seed"])
+    local = served.Predictor.load(repo / f"models/{version.tags['annlab.cell']}/seed-{seed}")
+    x, _ = _raw_test(repo, seed, local)
+    model = mlflow.pyfunc.load_model("models:/annlab@champion")
+    pd.testing.assert_frame_equal(model.predict(x), local.predict(x))
+    inputs = model.metadata.get_input_schema()
+    if local.is_table:
+        assert (
+            inputs.input_names()
+            == local.columns["numeric"] + local.columns["categorical"]
+            == [c for c in real_table("wine").columns if c != "species"]
+        )
+        # Missing values and a category training never saw are raw inputs too.
+        odd = x.head(3).copy()
+        odd.loc[0, "alcohol"] = np.nan
+        odd.loc[1, "site"] = None
+        odd.loc[2, "site"] = "west"
+        assert list(model.predict(odd)["predicted"]) == list(local.predict(odd)["predicted"])
+    else:
+        assert inputs.inputs[0].shape == (-1, 8, 8)
+    assert model.metadata.saved_input_example_info is not None
+
+
+def _annlab(repo: Path, store: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": "src", "MLFLOW_TRACKING_URI": store, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "annlab", *argv], cwd=repo, capture_output=True, text=True, env=env
+    )
+
+
+def test_predict_from_a_cell_needs_no_mlflow_and_matches_the_test_metrics(trained: dict[str, Any]) -> None:
+    repo = trained["repo"]
+    cell, seed = CELLS[0], SEEDS[1]
+    name = "test.parquet" if trained["kind"] == "csv" else "test.npz"
+    # A tracking server nobody runs: a cell's model comes from the DVC outputs alone.
+    proc = _annlab(
+        repo, "http://127.0.0.1:9", "predict", "--model", cell, "--seed", str(seed),
+        "--input", f"data/processed/seed-{seed}/{name}", "--output", "out.csv",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    entry = next(
+        e for e in json.loads((repo / f"reports/eval/{cell}.json").read_text())["seeds"] if e["seed"] == seed
+    )
+    assert (
+        f"accuracy {entry['test_accuracy']:.4f} ({round(entry['test_accuracy'] * entry['n_test'])}/"
+        in proc.stdout
+    )
+    out = pd.read_csv(repo / "out.csv", dtype={"predicted": str})
+    names = served.Predictor.load(repo / f"models/{cell}/seed-{seed}").class_names
+    assert list(out.columns) == ["predicted", *[f"p({n})" for n in names]]
+    assert len(out) == entry["n_test"] and set(out["predicted"]) <= set(names)
+    np.testing.assert_allclose(out.iloc[:, 1:].sum(axis=1), 1, atol=1e-5)
+
+
+def test_predict_with_the_champion_matches_its_seeds_test_metrics(trained: dict[str, Any]) -> None:
+    repo, store = trained["repo"], trained["store"]
+    version = _client(store).get_model_version_by_alias("annlab", "champion")
+    seed = int(version.tags["annlab.seed"])
+    name = "test.parquet" if trained["kind"] == "csv" else "test.npz"
+    proc = _annlab(
+        repo,
+        store,
+        "predict",
+        "--model",
+        "models:/annlab@champion",
+        "--input",
+        f"data/processed/seed-{seed}/{name}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("predicted,")  # no --output: the CSV on stdout, the notes on stderr
+    assert f"accuracy {float(version.tags['annlab.test_accuracy']):.4f}" in proc.stderr
+
+
+def test_predict_refuses_wrong_columns_or_a_wrong_shape_in_one_message(trained: dict[str, Any]) -> None:
+    repo = trained["repo"]
+    bad = repo / ("bad.csv" if trained["kind"] == "csv" else "bad.npy")
+    if trained["kind"] == "csv":
+        real_table("wine").drop(columns=["alcohol", "hue"]).to_csv(bad, index=False)
+        expected = "missing columns 'alcohol', 'hue'; expected a table with the columns alcohol (number)"
+    else:
+        np.save(bad, np.zeros((3, 64)))  # flat features, as if already preprocessed: refused
+        expected = "got an array of shape (3, 64); expected an array of shape (n, 8, 8) of pixel values"
+    proc = _annlab(repo, trained["store"], "predict", "--model", CELLS[0], "--input", bad.name)
+    assert proc.returncode == 2
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and expected in error[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _post(url: str, body: Any) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_the_served_champion_answers_like_predict_and_refuses_bad_requests(trained: dict[str, Any]) -> None:
+    repo, store = trained["repo"], trained["store"]
+    version = _client(store).get_model_version_by_alias("annlab", "champion")
+    seed = int(version.tags["annlab.seed"])
+    local = served.Predictor.load(repo / f"models/{version.tags['annlab.cell']}/seed-{seed}")
+    x, _ = _raw_test(repo, seed, local)
+    port = free_port()
+    # The command `make serve` runs (tests/test_docs.py checks the Makefile says so).
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        *SERVE_ARGS,
+        "models:/annlab@champion",
+        "--port",
+        str(port),
+    ]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    server = subprocess.Popen(
+        command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:] if server.stderr else ""
+                assert time.monotonic() < deadline, "the model server did not start"
+                time.sleep(1)
+        rows = x.head(5) if local.is_table else x[:5]
+        if local.is_table:
+            body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+            bad = {
+                "dataframe_split": json.loads(
+                    rows.drop(columns=["alcohol"]).to_json(orient="split", index=False)
+                )
+            }
+        else:
+            body = {"inputs": rows.tolist()}
+            bad = {"inputs": np.zeros((2, 7, 7)).tolist()}
+        status, answer = _post(f"{url}/invocations", body)
+        assert status == 200, answer
+        expected = local.predict(rows)
+        got = pd.DataFrame(answer["predictions"])
+        assert list(got["predicted"]) == list(expected["predicted"])
+        np.testing.assert_allclose(got.iloc[:, 1:].to_numpy(), expected.iloc[:, 1:].to_numpy(), rtol=1e-6)
+        status, answer = _post(f"{url}/invocations", bad)
+        assert 400 <= status < 500 and answer.get("message"), answer
+        assert _post(f"{url}/invocations", body)[0] == 200  # still answering
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+SERVE_ARGS = ["models", "serve", "--host", "127.0.0.1", "--env-manager", "local", "-m"]
+
+
+def test_make_serve_runs_this_command() -> None:
+    recipe = (REPO / "Makefile").read_text().split("\nserve:")[1].split("\n\n")[0]
+    assert 'mlflow models serve -m "$(MODEL)"' in recipe
+    assert "--host 127.0.0.1 --port $(PORT) --env-manager local" in recipe
+    assert "MODEL ?= models:/annlab@champion" in (REPO / "Makefile").read_text()
