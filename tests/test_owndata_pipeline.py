@@ -4,6 +4,9 @@ missing values) and on a folder of RGB PNGs with the CNN; bad data stops it with
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -127,3 +130,17 @@ def test_a_folder_of_rgb_pngs_trains_the_cnn(tmp_path: Path) -> None:
     assert evaluation["class_names"] == sorted(
         ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     )
+    # The trained CNN classifies image files and labelled class folders as they are.
+    env = {**os.environ, "PYTHONPATH": "src", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    predict = [sys.executable, "-m", "annlab", "predict", "--model", "cnn-adam-relu", "--input"]
+    folder = subprocess.run([*predict, "data/own/digits"], cwd=repo, capture_output=True, text=True, env=env)
+    assert folder.returncode == 0, folder.stderr
+    assert "200 inputs" in folder.stderr and "accuracy " in folder.stderr
+    assert len(folder.stdout.splitlines()) == 1 + 200
+    files = ["data/own/digits/three/000.png", "data/own/digits/seven/001.png"]
+    two = subprocess.run([*predict, *files], cwd=repo, capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr
+    # Class folders in sorted order (eight, five, four, nine, one, seven, six, three, ...), 20 each.
+    rows = folder.stdout.splitlines()[1:]
+    expected = [rows[7 * 20 + 0].split(",")[0], rows[5 * 20 + 1].split(",")[0]]
+    assert [line.split(",")[0] for line in two.stdout.splitlines()[1:]] == expected

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,9 @@ def predict(argv: list[str] | None) -> None:
         "--input",
         required=True,
         type=Path,
+        nargs="+",
         help="tables: a .csv or .parquet file; images: an .npy or .npz (x, and y if labelled), "
-        "an image file, or a folder of images (with one subfolder per class: labelled)",
+        "image files, or a folder of images (with one subfolder per class: labelled)",
     )
     p.add_argument(
         "--output", type=Path, help="write the predictions here (.csv or .parquet); default: stdout"
@@ -81,13 +83,22 @@ def predict(argv: list[str] | None) -> None:
     from annlab import io, served
 
     predictor, source = load_predictor(args.model, args.seed, args.models)
-    x, labels = served.read_inputs(args.input, predictor)
+    where = " ".join(map(str, args.input))
+    if len(args.input) > 1 and (predictor.is_table or any(p.is_dir() for p in args.input)):
+        raise UserError(f"--input {where}: several inputs must be image files; give one table or folder")
+    parts = [served.read_inputs(path, predictor) for path in args.input]
+    if len(parts) == 1:
+        x, labels = parts[0]
+    else:
+        import numpy as np
+
+        x, labels = np.concatenate([x for x, _ in parts]), None
     try:
         out = predictor.predict(x)
     except served.InputError as exc:
-        raise served.InputError(f"{args.input}: {exc}") from None
+        raise served.InputError(f"{where}: {exc}") from None
     notes = sys.stdout if args.output else sys.stderr  # stdout may be the CSV itself
-    print(f"predict: {source}: {len(out)} inputs from {args.input}", file=notes)
+    print(f"predict: {source}: {len(out)} inputs from {where}", file=notes)
     if labels is not None:
         import numpy as np
 
@@ -114,7 +125,9 @@ def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
 
         mlflow.set_tracking_uri(tracking.tracking_uri())  # the project's store, or $MLFLOW_TRACKING_URI
         try:
-            model = mlflow.pyfunc.load_model(ref)
+            with warnings.catch_warnings():  # MLflow's note that predict() has no type hints
+                warnings.simplefilter("ignore", UserWarning)
+                model = mlflow.pyfunc.load_model(ref)
         except mlflow.exceptions.MlflowException as exc:
             raise UserError(f"--model {ref}: {exc.message}") from None
         python_model = model.unwrap_python_model()
