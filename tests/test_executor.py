@@ -241,6 +241,35 @@ def test_cells_are_recorded_as_dvc_repro_records_them(grids: dict) -> None:
 
 
 @pytest.mark.slow
+def test_a_changed_param_retrains_its_cells_and_changing_it_back_restores_them(grids: dict) -> None:
+    warm = grids["warm"]
+    path = warm / "params.yaml"
+    good = path.read_text()
+    before = _results(warm)
+    params = yaml.safe_load(good)
+    params["optimizers"]["adam"]["learning_rate"] = 0.01
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = repro(warm, 2, _store(warm))
+        # The adam cells train anew: their outputs in dvc.lock are stale, not a cached result.
+        assert _summary(changed) == (2, 0, 0), changed.stdout
+        after = _results(warm)
+        for cell in CELLS:
+            history = f"reports/history/{cell}/seed-42.csv"
+            assert (after[history] == before[history]) == ("-sgd-" in cell), cell
+        assert (
+            json.loads((warm / "models/ann-adam-relu/seed-42/meta.json").read_text())["cell_key"]
+            != (json.loads(before["models/ann-adam-relu/seed-42/meta.json"])["cell_key"])
+        )
+    finally:
+        path.write_text(good)
+    # Back to the old rate: those cells come from the run cache, bit for bit.
+    back = repro(warm, 2, _store(warm))
+    assert _summary(back) == (0, 2, 0), back.stdout
+    assert _results(warm) == before and _status(warm) == {}
+
+
+@pytest.mark.slow
 def test_a_failing_cell_is_named_and_the_others_complete(tmp_path: Path) -> None:
     small_repo(tmp_path, _small())
     # A bug only one cell hits, in the copy's own code (the code its workers run).

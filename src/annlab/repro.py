@@ -94,7 +94,9 @@ def restore_from_run_cache(repo: Any, stage_name: str) -> bool:
 
     (stage,) = repo.stage.collect(stage_name)
     with repo.lock:
-        stage.save_deps()
+        # As `Stage.run` does, and no more: `restore` records the deps itself once it knows they
+        # changed. Recording them first would make it take dvc.lock's outputs as this run's, and
+        # "restore" the stale cell it is asked to replace.
         stage.remove_outs(ignore_remove=False, force=False)
         try:
             repo.stage_cache.restore(stage)
