@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +124,7 @@ def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
 
         mlflow.set_tracking_uri(tracking.tracking_uri())  # the project's store, or $MLFLOW_TRACKING_URI
         try:
-            with warnings.catch_warnings():  # MLflow's note that predict() has no type hints
-                warnings.simplefilter("ignore", UserWarning)
-                model = mlflow.pyfunc.load_model(ref)
+            model = mlflow.pyfunc.load_model(ref)
         except mlflow.exceptions.MlflowException as exc:
             raise UserError(f"--model {ref}: {exc.message}") from None
         python_model = model.unwrap_python_model()

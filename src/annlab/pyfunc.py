@@ -30,6 +30,10 @@ PACKAGE = Path(__file__).resolve().parent  # src/annlab: shipped with the model
 class AnnlabModel(mlflow.pyfunc.PythonModel):
     """Raw inputs in, a DataFrame out: `predicted` (the class name) and `p(<class>)` for each class."""
 
+    # The signature logged with the model is its schema; without this MLflow inspects predict()
+    # for type hints of its own, and warns wherever the model loads that there are none.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         self.predictor = served.Predictor.load(context.artifacts[ARTIFACT])
 
