@@ -258,14 +258,17 @@ def _make_repro(repo: Path, env: dict[str, str], jobs: int) -> float:
 
 def _fresh(repo: Path) -> None:
     """No outputs, no DVC cache (so no run cache), no MLflow store: a first `make repro`."""
-    for name in ("data", "models", ".dvc/cache", ".dvc/tmp", "mlflow.db", "mlflow.db.lock", "mlartifacts"):
+    for name in ("models", ".dvc/cache", ".dvc/tmp", "mlflow.db", "mlflow.db.lock", "mlartifacts"):
         path = repo / name
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    subprocess.run(["git", "checkout", "--quiet", "--", "reports"], cwd=repo, check=True)
-    subprocess.run(["git", "clean", "--quiet", "-fdx", "--", "reports"], cwd=repo, check=True)
+    # data/ and reports/ hold files git tracks (data/own/, the default data.path, is a DVC
+    # dependency): back to the commit, every output gone.
+    for tracked in ("data", "reports"):
+        subprocess.run(["git", "checkout", "--quiet", "--", tracked], cwd=repo, check=True)
+        subprocess.run(["git", "clean", "--quiet", "-fdx", "--", tracked], cwd=repo, check=True)
 
 
 def _one_stage_repo(tmp: Path, env: dict[str, str]) -> Path:

@@ -346,3 +346,40 @@ def test_make_repro_names_a_data_path_that_does_not_exist(
     )
     (tmp_path / "pictures").mkdir()
     assert repro.missing_data() is None
+
+
+def test_a_parquet_index_does_not_line_rows_up(tmp_path: Path) -> None:
+    frame = real_table("iris")
+    frame.index = range(100, 100 + len(frame))  # as after a filter or set_index
+    frame.to_parquet(tmp_path / "t.parquet")  # the index is kept in the file
+    data = owndata.read(table_params(tmp_path / "t.parquet").data)
+    np.testing.assert_array_equal(
+        data.x["sepal length (cm)"].to_numpy(), frame["sepal length (cm)"].to_numpy(dtype=np.float64)
+    )
+
+
+def test_one_number_written_as_two_classes_is_refused(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"x": np.arange(30.0), "species": ["1", "1.0", "2"] * 10})
+    message = refusal(table_params(write(frame, tmp_path / "t.csv")))
+    assert "writes one number as different classes ('1' and '1.0')" in message
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    for name in ("dark", "light"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        for i in range(3):
+            value = 1000 * (i + 1) if name == "dark" else 60000
+            Image.fromarray(np.full((4, 4), value, dtype=np.uint16)).save(tmp_path / "d" / name / f"{i}.png")
+    data = owndata.read(parse_params({"data": {"dataset": "images", "path": str(tmp_path / "d")}}).data)
+    assert sorted({int(v) for v in data.x[:, 0, 0]}) == [4, 8, 12, 233]  # value / 257, rounded
+
+
+def test_npz_labels_as_bytes_or_whole_floats_are_class_names(tmp_path: Path) -> None:
+    np.savez(tmp_path / "b.npz", x=np.zeros((30, 4)), y=np.array([b"cat", b"dog", b"emu"] * 10))
+    assert owndata.read(
+        parse_params({"data": {"dataset": "npz", "path": str(tmp_path / "b.npz")}}).data
+    ).class_names == [
+        "cat",
+        "dog",
+        "emu",
+    ]

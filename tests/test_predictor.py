@@ -3,6 +3,8 @@ what does not fit with one message naming the schema."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -91,3 +93,29 @@ def test_labels_come_from_the_target_column_and_unknown_classes_are_named(table:
     assert table.labels(rows.drop(columns="label")) is None
     with pytest.raises(InputError, match=r"'maybe' not among the model's classes \(no, yes\)"):
         table.labels(rows.assign(label=["yes", "maybe"]))
+
+
+def test_rows_are_taken_by_position_and_infinity_is_refused(table: Predictor) -> None:
+    rows = pd.DataFrame({"size": [1.0, 2.0, 3.0, 4.0], "color": ["red", "blue", "red", None]})
+    np.testing.assert_array_equal(
+        table.prepare(rows.iloc[[1, 3]]), table.prepare(rows.iloc[[1, 3]].reset_index(drop=True))
+    )
+    assert not np.isnan(table.prepare(rows.iloc[[1, 3]])).any()
+    with pytest.raises(InputError, match=r"column 'size', row 2: inf; allowed: finite numbers"):
+        table.prepare(rows.assign(size=[1.0, np.inf, 3.0, 4.0]))
+
+
+def test_a_csv_to_predict_is_read_as_training_read_it(tmp_path: Path) -> None:
+    from annlab.served import read_inputs
+
+    frame = pd.DataFrame(
+        {"zip": pd.array(["01234", "02139", None, "01234"], "string"), "n": [1.0, 2.0, 3.0, 4.0]}
+    )
+    state = features.fit_table(frame, ["n"], ["zip"], "standard")
+    info = {"kind": "table", "input_shape": None, "class_names": ["no", "yes"], "target": "label"}
+    predictor = Predictor(build_model(Params().model, (3,), 2), state, info)
+    (tmp_path / "rows.csv").write_text("zip,n,label\n01234,1,yes\n02139,2,\n")
+    x, labels = read_inputs(tmp_path / "rows.csv", predictor)
+    assert x["zip"].tolist() == ["01234", "02139"]  # text, as training read it, not 1234
+    assert predictor.prepare(x)[:, 1:].tolist() == [[1, 0], [0, 1]]
+    assert labels is not None and labels.tolist() == [1, -1]  # an empty label: predicted, not scored

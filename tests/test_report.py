@@ -475,45 +475,38 @@ class _Registry:
         return self.champion
 
 
-def _version(number: str, dataset: str, mean: float, high: float | None) -> object:
+def _version(
+    number: str, dataset: str, mean: float, high: float | None, raw: str = "r1", n_test: int | None = None
+) -> object:
     from types import SimpleNamespace
 
-    tags = {"annlab.dataset": dataset, "annlab.cell_test_accuracy": str(mean)}
+    tags = {"annlab.dataset": dataset, "annlab.cell_test_accuracy": str(mean), "annlab.raw_data_digest": raw}
     tags["annlab.cell_test_accuracy_high"] = "" if high is None else str(high)
+    if n_test is not None:  # one seed: its own test accuracy and test set size
+        tags |= {"annlab.n_test": str(n_test), "annlab.test_accuracy": str(mean)}
     return SimpleNamespace(version=number, tags=tags)
 
 
-@pytest.mark.parametrize(
-    ("champion", "new", "moves", "why"),
-    [
-        (None, _version("1", "digits", 0.97, 0.98), True, "there was none"),
-        (
-            _version("1", "digits", 0.97, 0.98),
-            _version("2", "digits", 0.975, 0.99),
-            False,
-            "within its interval",
-        ),
-        (
-            _version("1", "digits", 0.97, 0.98),
-            _version("2", "digits", 0.985, 0.99),
-            True,
-            "above version 1's interval",
-        ),
-        (
-            _version("1", "digits", 0.97, 0.98),
-            _version("2", "iris.csv", 0.90, 0.95),
-            True,
-            "trained on digits",
-        ),
-        (
-            _version("1", "digits", 0.97, None),
-            _version("2", "digits", 0.971, None),
-            True,
-            "above",
-        ),  # one seed
-        (_version("3", "digits", 0.97, 0.98), _version("3", "digits", 0.97, 0.98), False, "stays version 3"),
-    ],
-)
+CHAMPION_CASES = [
+    (None, _version("1", "digits", 0.97, 0.98), True, "there was none"),
+    (_version("1", "digits", 0.97, 0.98), _version("2", "digits", 0.975, 0.99), False, "within its interval"),
+    (_version("1", "digits", 0.97, 0.98), _version("2", "digits", 0.985, 0.99), True, "above version 1's"),
+    (_version("1", "digits", 0.97, 0.98), _version("2", "iris.csv", 0.90, 0.95), True, "trained on digits"),
+    # the same file, changed since: other data
+    (
+        _version("1", "a.csv", 0.97, 0.98),
+        _version("2", "a.csv", 0.90, 0.95, raw="r2"),
+        True,
+        "before it changed",
+    ),
+    # one seed: the champion's Wilson interval over its 360 test samples reaches 0.9829
+    (_version("1", "digits", 0.97, None, n_test=360), _version("2", "digits", 0.98, None), False, "0.9829"),
+    (_version("1", "digits", 0.97, None, n_test=360), _version("2", "digits", 0.99, None), True, "above"),
+    (_version("3", "digits", 0.97, 0.98), _version("3", "digits", 0.97, 0.98), False, "stays version 3"),
+]
+
+
+@pytest.mark.parametrize(("champion", "new", "moves", "why"), CHAMPION_CASES)
 def test_the_champion_moves_only_beyond_its_interval_or_to_new_data(
     champion: object | None, new: object, moves: bool, why: str
 ) -> None:

@@ -98,12 +98,15 @@ def predict(argv: list[str] | None) -> None:
         raise served.InputError(f"{where}: {exc}") from None
     notes = sys.stdout if args.output else sys.stderr  # stdout may be the CSV itself
     print(f"predict: {source}: {len(out)} inputs from {where}", file=notes)
-    if labels is not None:
+    if labels is not None and (labels >= 0).any():
         import numpy as np
 
+        known = labels >= 0  # rows whose label is empty are predicted, not scored
         names = np.asarray(predictor.class_names, dtype=object)
-        correct = int((out["predicted"].to_numpy() == names[labels]).sum())
-        print(f"predict: accuracy {correct / len(out):.4f} ({correct}/{len(out)} correct)", file=notes)
+        correct = int((out["predicted"].to_numpy()[known] == names[labels[known]]).sum())
+        n = int(known.sum())
+        unlabelled = f"; {len(out) - n} rows without a label" if n < len(out) else ""
+        print(f"predict: accuracy {correct / n:.4f} ({correct}/{n} correct{unlabelled})", file=notes)
     if args.output is None:
         sys.stdout.write(out.to_csv(index=False, lineterminator="\n"))
     elif args.output.suffix.lower() in (".parquet", ".pq"):

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 MAX_CATEGORIES = 1000  # distinct values a categorical column may have (one input each after one-hot)
 MIN_PER_CLASS = 3  # one sample of a class for each of the train, validation and test splits
-IMAGE_FORMATS = {"PNG", "JPEG"}
+IMAGE_FORMATS = {"PNG", "JPEG", "MPO"}  # MPO: a JPEG with extra frames
 SHOWN = 5  # rows, values or files quoted in a message
 
 Kind = Literal["table", "images", "features"]
@@ -107,6 +107,14 @@ def encode_labels(values: Sequence[Any], source: str, what: str) -> tuple[np.nda
                 f"{source}: {what} holds fractional numbers ({', '.join(fractional[:SHOWN])}): annlab "
                 f"trains classifiers, whose labels are classes (integers or names), not measurements"
             )
+        spelled: dict[float, list[str]] = {}
+        for name, x in numbers.items():
+            spelled.setdefault(x, []).append(name)
+        if twice := [sorted(names) for names in spelled.values() if len(names) > 1]:
+            raise DataError(
+                f"{source}: {what} writes one number as different classes "
+                f"({'; '.join(' and '.join(map(repr, t)) for t in twice[:SHOWN])}); write each class one way"
+            )
         order = sorted(unique, key=lambda n: (numbers[n], n))
     index = {name: i for i, name in enumerate(order)}
     return np.array([index[n] for n in names], dtype=np.int64), order
@@ -120,7 +128,9 @@ def read_table(data: DataParams) -> OwnData:
     import pandas as pd
 
     path = _existing_file(data.path, data.dataset)
-    frame = _read_frame(path, data.dataset)
+    # Rows by position: a Parquet file keeps its index (after a filter, 100, 103, ...), which
+    # must not line the columns up by label.
+    frame = _read_frame(path, data.dataset).reset_index(drop=True)
     frame.columns = [str(c) for c in frame.columns]
     if frame.empty:
         raise DataError(f"{path}: holds no rows{'' if len(frame.columns) else ' and no columns'}")
@@ -236,7 +246,7 @@ def _numbers(column: pd.Series, name: str, path: Path, row: Any, *, listed: bool
         )
     if len(infinite := np.flatnonzero(np.isinf(parsed.to_numpy()))):
         i = int(infinite[0])
-        raise DataError(f"{path}: column {name!r}, {row(i)}: {column.iloc[i]!r}; allowed: finite numbers")
+        raise DataError(f"{path}: column {name!r}, {row(i)}: {parsed.iloc[i]}; allowed: finite numbers")
     return parsed
 
 
@@ -260,7 +270,7 @@ def _require_columns(path: Path, columns: list[str], wanted: Iterable[str], key:
 
 def read_images(data: DataParams) -> OwnData:
     """A folder with one subfolder per class, each holding PNG or JPEG images (any depth)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     root = Path(data.path)
     if not root.exists():
@@ -286,16 +296,7 @@ def read_images(data: DataParams) -> OwnData:
         if not files:
             raise DataError(f"{folder}: class {folder.name!r} holds no images (PNG or JPEG)")
         for file in files:
-            try:
-                with Image.open(file) as image:
-                    if image.format not in IMAGE_FORMATS:
-                        raise DataError(f"{file}: a {image.format} image; allowed: PNG or JPEG files only")
-                    image.load()
-                    pixels = image.convert(mode)
-            except UnidentifiedImageError:
-                raise DataError(f"{file}: not an image (allowed: PNG or JPEG files only)") from None
-            except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-                raise DataError(f"{file}: cannot be decoded as an image ({exc})") from None
+            pixels = load_image(file, mode)
             if size:
                 pixels = pixels.resize(size, Image.Resampling.BILINEAR)
             elif first is None:
@@ -311,6 +312,28 @@ def read_images(data: DataParams) -> OwnData:
     labels, class_names = encode_labels(names, str(root), "the class folders")
     # Folder order is sorted text; class names in numeric order when every folder is a number.
     return OwnData("images", np.stack(images), labels, class_names)
+
+
+def load_image(file: Path, mode: str) -> Any:
+    """A PNG or JPEG file as a Pillow image in `mode` (L or RGB), upright as its EXIF says; 16-bit
+    images scaled to 8 bits rather than clipped. DataError for anything else."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            # MPO: a JPEG with extra frames (phones' HDR photos); the first frame is the photo.
+            if image.format not in IMAGE_FORMATS:
+                raise DataError(f"{file}: a {image.format} image; allowed: PNG or JPEG files only")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                wide = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray(np.round(wide / 257.0).clip(0, 255).astype(np.uint8))
+            return image.convert(mode)
+    except UnidentifiedImageError:
+        raise DataError(f"{file}: not an image (allowed: PNG or JPEG files only)") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+        raise DataError(f"{file}: cannot be decoded as an image ({exc})") from None
 
 
 def _hidden(file: Path, under: Path) -> bool:
@@ -359,12 +382,18 @@ def read_npz(data: DataParams) -> OwnData:
         )
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise DataError(f"{path}: y[{np.flatnonzero(~np.isfinite(y))[0]}] is not a finite label")
-    if y.dtype.kind == "f" and (y == np.round(y)).all():
-        y = y.astype(np.int64)  # 3.0 is class 3
+    labels, class_names = encode_labels(label_values(y), str(path), "y")
+    return OwnData("features" if x.ndim == 2 else "images", x, labels, class_names)
+
+
+def label_values(y: np.ndarray) -> list[Any]:
+    """An array's labels as Python values whose `str` is the class name: bytes decoded, whole
+    floats as integers (3.0 is class 3)."""
     if y.dtype.kind == "S":
         y = y.astype(str)
-    labels, class_names = encode_labels(y.tolist(), str(path), "y")
-    return OwnData("features" if x.ndim == 2 else "images", x, labels, class_names)
+    if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
+        y = y.astype(np.int64)
+    return y.tolist()
 
 
 def _existing_file(path_text: str, kind: str) -> Path:

@@ -49,10 +49,14 @@ def signature(predictor: served.Predictor) -> Any:
     """The raw inputs' schema (original columns, or the pixels' shape) and the output's."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import AnyType
 
     if predictor.is_table:
+        # Numeric columns as Any: MLflow refuses int64 for a double column ("cannot safely
+        # convert"), and a user's integer column is a number like any other; the model checks
+        # that each holds numbers, naming the column and row.
         inputs = Schema(
-            [ColSpec("double", name) for name in predictor.columns["numeric"]]
+            [ColSpec(AnyType(), name) for name in predictor.columns["numeric"]]
             + [ColSpec("string", name) for name in predictor.columns["categorical"]]
         )
     else:

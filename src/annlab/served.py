@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from annlab import features, io
+from annlab import features, io, owndata
 from annlab.errors import UserError
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class Predictor:
 
         if not isinstance(x, pd.DataFrame):
             raise InputError(f"expected {self.expected()}; got {type(x).__name__}")
-        x = x.rename(columns=str)
+        x = x.rename(columns=str).reset_index(drop=True)  # rows by position, as in training
         wanted = self.columns["numeric"] + self.columns["categorical"]
         if missing := [c for c in wanted if c not in x.columns]:
             raise InputError(
@@ -131,6 +131,11 @@ class Predictor:
                 raise InputError(
                     f"column {name!r} takes numbers, but row {bad[0] + 1} has {column.iloc[bad[0]]!r};"
                     f" expected {self.expected()}"
+                )
+            if len(infinite := np.flatnonzero(np.isinf(numbers.to_numpy()))):
+                row = int(infinite[0])
+                raise InputError(
+                    f"column {name!r}, row {row + 1}: {numbers.iloc[row]}; allowed: finite numbers"
                 )
             table[name] = numbers
         for name in self.columns["categorical"]:
@@ -150,6 +155,8 @@ class Predictor:
             x = x[None]
         elif len(shape) == 2 and x.shape[1:] == (*shape, 1):  # grayscale with a channel axis
             x = x[..., 0]
+        elif len(shape) == 3 and shape[2] == 1 and x.shape[1:] == shape[:2]:  # ... or without one
+            x = x[..., None]
         if x.shape[1:] != shape:
             raise InputError(f"got an array of shape {x.shape}; expected {self.expected()}")
         if x.dtype.kind == "f" and not np.isfinite(x).all():
@@ -159,22 +166,28 @@ class Predictor:
         return x
 
     def labels(self, x: Any) -> np.ndarray | None:
-        """The class indices of a table's label column, when the input has one (else None)."""
+        """The class indices of a table's label column, when the input has one (else None); -1
+        where a row's label is empty."""
         target = self.dataset.get("target")
         if not self.is_table or target is None or target not in getattr(x, "columns", []):
             return None
-        return self.encode(x[target].tolist(), f"column {target!r}")
+        column = x[target].reset_index(drop=True)
+        labels = np.full(len(column), -1, dtype=np.int64)
+        present = column.notna().to_numpy()
+        labels[present] = self.encode(column[present].tolist(), f"column {target!r}")
+        return labels
 
     def encode(self, names: list[Any], where: str) -> np.ndarray:
         """Class names (as the user writes them) as class indices; unknown names are an error."""
         index = {name: i for i, name in enumerate(self.class_names)}
-        unknown = sorted({str(n) for n in names} - index.keys())
+        names = [str(n) for n in names]
+        unknown = sorted(set(names) - index.keys())
         if unknown:
             raise InputError(
                 f"{where}: {', '.join(map(repr, unknown[:SHOWN]))} not among the model's classes "
                 f"({', '.join(self.class_names)})"
             )
-        return np.asarray([index[str(n)] for n in names], dtype=np.int64)
+        return np.asarray([index[n] for n in names], dtype=np.int64)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -198,7 +211,8 @@ def read_inputs(path: str | Path, predictor: Predictor) -> tuple[Any, np.ndarray
 
         try:
             if suffix == ".csv":
-                x = pd.read_csv(path, encoding="utf-8-sig", skipinitialspace=True)
+                # Cells as text, as training read them: "01234" stays a category, not 1234.
+                x = pd.read_csv(path, dtype=str, encoding="utf-8-sig", skipinitialspace=True)
             elif suffix in (".parquet", ".pq"):
                 x = pd.read_parquet(path)
             else:
@@ -216,10 +230,15 @@ def read_inputs(path: str | Path, predictor: Predictor) -> tuple[Any, np.ndarray
                 )
             x = npz["x"]
             y = npz.get("y")
-        return x, None if y is None else predictor.encode(y.tolist(), f"{path}: y")
+        return x, None if y is None else predictor.encode(owndata.label_values(y), f"{path}: y")
     files, names = _image_files(path)
-    images = np.stack([_read_image(f, predictor) for f in files])
-    return images, None if names is None else predictor.encode(names, str(path))
+    images = [_read_image(f, predictor) for f in files]
+    if len({i.shape for i in images}) > 1:
+        sizes = {f: i.shape for f, i in zip(files, images, strict=True)}
+        odd = next(f for f in files if sizes[f] != sizes[files[0]])
+        size, first = ("x".join(map(str, sizes[f])) for f in (odd, files[0]))
+        raise InputError(f"{odd}: {size} pixels, but {files[0]} is {first}; expected {predictor.expected()}")
+    return np.stack(images), None if names is None else predictor.encode(names, str(path))
 
 
 def io_load(path: Path) -> np.ndarray:
@@ -237,7 +256,8 @@ def _image_files(path: Path) -> tuple[list[Path], list[str] | None]:
         files, names = [], []
         for folder in folders:
             for f in sorted(folder.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                hidden = any(part.startswith(".") for part in f.relative_to(folder).parts)
+                if f.is_file() and not hidden and f.suffix.lower() in IMAGE_SUFFIXES:
                     files.append(f)
                     names.append(folder.name)
         return files, names
@@ -249,17 +269,16 @@ def _image_files(path: Path) -> tuple[list[Path], list[str] | None]:
 
 def _read_image(file: Path, predictor: Predictor) -> np.ndarray:
     """An image file as the model's training images were read (color, resizing)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from annlab.errors import DataError
 
     shape = predictor.shape
     channels = shape[2] if len(shape) == 3 else 1
     try:
-        with Image.open(file) as image:
-            pixels = image.convert("RGB" if channels == 3 else "L")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{file}: cannot be read as an image ({exc})") from None
+        pixels = owndata.load_image(file, "RGB" if channels == 3 else "L")
+    except DataError as exc:
+        raise InputError(str(exc)) from None
     if predictor.dataset.get("image_size"):
-        from PIL import Image as PILImage
-
-        pixels = pixels.resize((shape[1], shape[0]), PILImage.Resampling.BILINEAR)
+        pixels = pixels.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
     return np.asarray(pixels, dtype=np.uint8)

@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             # stratified with the same fractions: every seed's split has these sizes
             "sizes": {name: len(idx) for name, idx in splits.items()},
             "split_seeds": split_seeds,
+            # The raw data's identity, whatever the split: the registry's champion follows it.
+            "raw_digest": io.data_digest(args.raw),
         }
         io.write_json(tmp / "dataset.json", info)
     seeds = ", ".join(map(str, split_seeds))

@@ -127,7 +127,10 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
         if tracking.cell_key(cell, logged, digest) != meta["cell_key"]:
             raise UserError(
                 f"{out.models_dir / cell / io.seed_name(seed) / 'meta.json'}: trained on other params or"
-                f" data than params.yaml and {out.data_dir} hold now; run `dvc repro` first"
+                f" data than params.yaml and {out.data_dir} hold now; run `make repro` first. If that"
+                f" says the cell was restored from the run cache, the cache holds an entry that make repro"
+                f" wrote wrongly before annlab's fix of 2026-12-01: `dvc repro --force train@{cell}`"
+                " trains it again and replaces the entry"
             )
         runs = tracking.find_runs(exp_id, {tracking.KEY_TAG: tracking.run_key(meta["cell_key"], grid_id)})
         finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
@@ -236,9 +239,13 @@ def register_best(
     try:
         client.get_registered_model(name)
     except MlflowException:  # RESOURCE_DOES_NOT_EXIST: the first grid registers it
-        client.create_registered_model(
-            name, description="The best model of each annlab grid; @champion is in use."
-        )
+        try:
+            client.create_registered_model(
+                name, description="The best model of each annlab grid; @champion is in use."
+            )
+        except MlflowException as exc:  # queued experiments report side by side: one creates it first
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     versions = client.search_model_versions(f"name='{name}'")
     mine = [v for v in versions if v.tags.get(tracking.KEY_TAG) == key]
     if mine:
@@ -254,7 +261,9 @@ def register_best(
             "annlab.git_commit": run.data.tags.get("mlflow.source.git.commit", "unknown"),
             "annlab.dvc_stage": f"train@{cell}",
             "annlab.data_digest": meta["data_digest"],
+            RAW_DIGEST_TAG: io.read_json(out.data_dir / "dataset.json").get("raw_digest", ""),
             tracking.DATASET_TAG: meta["dataset"],
+            "annlab.n_test": str(int(record["n_test"])),
             "annlab.test_accuracy": f"{float(record['test_accuracy']):.6f}",
             "annlab.cell_test_accuracy": f"{headline['best_test_accuracy']:.6f}",
             "annlab.cell_test_accuracy_low": _tag_number(headline.get("best_test_accuracy_low")),
@@ -273,18 +282,21 @@ def register_best(
 
 
 CHAMPION = "champion"
+RAW_DIGEST_TAG = "annlab.raw_data_digest"  # the data the model learned from, whatever the split
 
 
 def champion_policy(client: Any, name: str, new: Any) -> tuple[bool, str]:
     """Whether `new` becomes the champion, and why.
 
-    It does when there is none, when the champion was trained on another dataset (it serves the
-    data this grid is about), or when the new best cell's mean test accuracy lies above the
-    champion's 95 % interval. A best within that interval is no evidence of a better model, so
-    the champion stays: models in use do not flip with seed noise.
+    It does when there is none, when the champion learned from other data (it serves the data
+    this grid is about: another file, or the same file changed), or when the new best cell's
+    mean test accuracy lies above the champion's 95 % interval (over seeds; with one seed, the
+    Wilson interval of its test accuracy). A best within that interval is no evidence of a
+    better model, so the champion stays: models in use do not flip with seed noise.
     """
     from mlflow.exceptions import MlflowException
 
+    from annlab import confidence as conf
     from annlab import tracking
 
     try:
@@ -293,21 +305,32 @@ def champion_policy(client: Any, name: str, new: Any) -> tuple[bool, str]:
         return True, f"now version {new.version} (there was none)"
     if current.version == new.version:
         return False, f"stays version {current.version}"
-    if current.tags.get(tracking.DATASET_TAG) != new.tags.get(tracking.DATASET_TAG):
+    old_data = (current.tags.get(tracking.DATASET_TAG), current.tags.get(RAW_DIGEST_TAG))
+    new_data = (new.tags.get(tracking.DATASET_TAG), new.tags.get(RAW_DIGEST_TAG))
+    if old_data != new_data:
+        same_name = old_data[0] == new_data[0]
         return True, (
             f"now version {new.version}: version {current.version} was trained on "
-            f"{current.tags.get(tracking.DATASET_TAG)}, this grid is on {new.tags.get(tracking.DATASET_TAG)}"
+            + (f"{new_data[0]} as it was before it changed" if same_name else f"{old_data[0]}")
+            + f", this grid is on {new_data[0]}"
         )
     mean = float(new.tags["annlab.cell_test_accuracy"])
-    high = current.tags.get("annlab.cell_test_accuracy_high") or current.tags.get("annlab.cell_test_accuracy")
-    if high is not None and mean > float(high):
+    high_tag = current.tags.get("annlab.cell_test_accuracy_high")
+    if high_tag:
+        high = float(high_tag)
+    elif current.tags.get("annlab.n_test"):  # one seed: its test set's own sampling error
+        n = int(current.tags["annlab.n_test"])
+        high = conf.wilson(round(float(current.tags["annlab.test_accuracy"]) * n), n)[1]
+    else:
+        high = float(current.tags["annlab.cell_test_accuracy"])
+    if mean > high:
         return (
             True,
             f"now version {new.version}: its {mean:.4f} is above version {current.version}'s interval",
         )
     return False, (
         f"stays version {current.version}: the new best's {mean:.4f} is within its interval (up to "
-        f"{float(high):.4f}), so nothing shows the new model is better"
+        f"{high:.4f}), so nothing shows the new model is better"
     )
 
 
