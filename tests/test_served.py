@@ -188,6 +188,15 @@ def test_predict_with_the_champion_matches_its_seeds_test_metrics(trained: dict[
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("predicted,")  # no --output: the CSV on stdout, the notes on stderr
     assert f"accuracy {float(version.tags['annlab.test_accuracy']):.4f}" in proc.stderr
+    # The same model as its folder and as its run's model: the same predictions.
+    folder = f"models/{version.tags['annlab.cell']}/seed-{seed}"
+    run = f"runs:/{version.run_id}/model"
+    for ref in (folder, run):
+        same = _annlab(
+            repo, store, "predict", "--model", ref, "--input", f"data/processed/seed-{seed}/{name}"
+        )
+        assert same.returncode == 0, same.stderr
+        assert same.stdout == proc.stdout, ref
 
 
 def test_predict_refuses_wrong_columns_or_a_wrong_shape_in_one_message(trained: dict[str, Any]) -> None:
