@@ -228,8 +228,10 @@ def test_one_mlflow_run_per_cell_under_one_grid_run(pipeline: dict) -> None:
         # Read the MLmodel file straight from the model's artifacts (no global tracking URI).
         mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{models[0].artifact_location}/MLmodel")
         signature = mlflow.models.Model.load(mlmodel).signature
-        assert list(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 64]
-        assert list(signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 10]
+        # Raw pixels in, as the dataset has them (not the scaled features); class names out.
+        raw = signature.inputs.to_dict()[0]["tensor-spec"]
+        assert (list(raw["shape"]), raw["dtype"]) == ([-1, 8, 8], "uint8")
+        assert signature.outputs.input_names() == ["predicted", *[f"p({d})" for d in range(10)]]
         assert "optimizers.adam.learning_rate" not in run.data.params or optimizer == "adam"
 
 
