@@ -101,7 +101,10 @@ def processed_blobs(directory: Path, *, scale: float = 1.0, n_train: int = 90) -
         arrays[f"y_{split}"] = y.astype(np.int64)
     io.save_arrays(directory, arrays)
     info = {"dataset": "digits", "kind": "images", "class_names": ["a", "b", "c"], "input_shape": [2, 4]}
-    io.write_json(directory / "dataset.json", {**info, "sizes": {"test": 30}})
+    io.write_json(directory / "dataset.json", {**info, "input_dtype": "float32", "sizes": {"test": 30}})
+    # The arrays are the inputs as they are: an identity scaler.
+    identity = {"kind": "none", "shift": [0.0] * 8, "scale": [1.0] * 8}
+    io.write_json(directory / "preprocessing.json", {"kind": "array", "scaler": identity})
 
 
 def free_port() -> int:
