@@ -79,6 +79,8 @@ def predict(argv: list[str] | None) -> None:
     )
     args = p.parse_args(argv)
 
+    import numpy as np
+
     from annlab import io, served
 
     predictor, source = load_predictor(args.model, args.seed, args.models)
@@ -89,8 +91,6 @@ def predict(argv: list[str] | None) -> None:
     if len(parts) == 1:
         x, labels = parts[0]
     else:
-        import numpy as np
-
         x, labels = np.concatenate([x for x, _ in parts]), None
     try:
         out = predictor.predict(x)
@@ -99,8 +99,6 @@ def predict(argv: list[str] | None) -> None:
     notes = sys.stdout if args.output else sys.stderr  # stdout may be the CSV itself
     print(f"predict: {source}: {len(out)} inputs from {where}", file=notes)
     if labels is not None and (labels >= 0).any():
-        import numpy as np
-
         known = labels >= 0  # rows whose label is empty are predicted, not scored
         names = np.asarray(predictor.class_names, dtype=object)
         correct = int((out["predicted"].to_numpy()[known] == names[labels[known]]).sum())
@@ -153,14 +151,14 @@ def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
 
 
 def in_use_seed(seeds: dict[int, Path]) -> int:
-    """A cell's model in use: the seed with the highest validation accuracy, as the registry picks."""
-    from annlab import io
+    """A cell's model in use, from its seeds' folders (`served.in_use_seed`)."""
+    from annlab import io, served
 
     metas = {s: io.read_json(d / "meta.json") for s, d in seeds.items()}
-    trained = {s: m for s, m in metas.items() if not m["diverged"]}
+    trained = {s: m["best_val_accuracy"] for s, m in metas.items() if not m["diverged"]}
     if not trained:
         raise UserError(f"{next(iter(seeds.values())).parent}: every seed diverged; no model to use")
-    return min(trained, key=lambda s: (-(trained[s]["best_val_accuracy"] or 0.0), s))
+    return served.in_use_seed(trained)
 
 
 COMMANDS = {"sync": sync, "predict": predict}

@@ -130,7 +130,7 @@ def read_table(data: DataParams) -> OwnData:
     path = _existing_file(data.path, data.dataset)
     # Rows by position: a Parquet file keeps its index (after a filter, 100, 103, ...), which
     # must not line the columns up by label.
-    frame = _read_frame(path, data.dataset).reset_index(drop=True)
+    frame = read_frame(path, data.dataset).reset_index(drop=True)
     frame.columns = [str(c) for c in frame.columns]
     if frame.empty:
         raise DataError(f"{path}: holds no rows{'' if len(frame.columns) else ' and no columns'}")
@@ -181,7 +181,8 @@ def read_table(data: DataParams) -> OwnData:
     return OwnData("table", x, labels, class_names, numeric, categorical)
 
 
-def _read_frame(path: Path, kind: str) -> pd.DataFrame:
+def read_frame(path: Path, kind: str) -> pd.DataFrame:
+    """A CSV (every cell as text) or Parquet file as a DataFrame; DataError naming what is wrong."""
     import pandas as pd
 
     try:
@@ -270,7 +271,6 @@ def _require_columns(path: Path, columns: list[str], wanted: Iterable[str], key:
 
 def read_images(data: DataParams) -> OwnData:
     """A folder with one subfolder per class, each holding PNG or JPEG images (any depth)."""
-    from PIL import Image
 
     root = Path(data.path)
     if not root.exists():
@@ -287,18 +287,17 @@ def read_images(data: DataParams) -> OwnData:
             f"class, e.g. {root}/cat/1.png and {root}/dog/1.png"
         )
     mode = "L" if data.color == "grayscale" else "RGB"
-    size = (data.image_size[1], data.image_size[0]) if data.image_size else None  # Pillow: (w, h)
     images: list[np.ndarray] = []
     names: list[str] = []
     first: tuple[Path, tuple[int, int]] | None = None
     for folder in folders:
-        files = sorted(f for f in folder.rglob("*") if f.is_file() and not _hidden(f, folder))
+        files = sorted(f for f in folder.rglob("*") if f.is_file() and not hidden(f, folder))
         if not files:
             raise DataError(f"{folder}: class {folder.name!r} holds no images (PNG or JPEG)")
         for file in files:
-            pixels = load_image(file, mode)
-            if size:
-                pixels = pixels.resize(size, Image.Resampling.BILINEAR)
+            pixels = load_image(file, mode, data.image_size)
+            if data.image_size:
+                pass  # resized: every image has that size
             elif first is None:
                 first = (file, pixels.size)
             elif pixels.size != first[1]:
@@ -314,9 +313,10 @@ def read_images(data: DataParams) -> OwnData:
     return OwnData("images", np.stack(images), labels, class_names)
 
 
-def load_image(file: Path, mode: str) -> Any:
+def load_image(file: Path, mode: str, size: Sequence[int] | None = None) -> Any:
     """A PNG or JPEG file as a Pillow image in `mode` (L or RGB), upright as its EXIF says; 16-bit
-    images scaled to 8 bits rather than clipped. DataError for anything else."""
+    images scaled to 8 bits rather than clipped; resized to `size` ([height, width]) if given.
+    DataError for anything else."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -329,14 +329,17 @@ def load_image(file: Path, mode: str) -> Any:
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 wide = np.asarray(image, dtype=np.float64)
                 image = Image.fromarray(np.round(wide / 257.0).clip(0, 255).astype(np.uint8))
-            return image.convert(mode)
+            image = image.convert(mode)
+            if size:
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # Pillow: (w, h)
+            return image
     except UnidentifiedImageError:
         raise DataError(f"{file}: not an image (allowed: PNG or JPEG files only)") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise DataError(f"{file}: cannot be decoded as an image ({exc})") from None
 
 
-def _hidden(file: Path, under: Path) -> bool:
+def hidden(file: Path, under: Path) -> bool:
     return any(part.startswith(".") for part in file.relative_to(under).parts)
 
 

@@ -9,6 +9,7 @@ registered or served model takes the same raw inputs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,14 @@ SHOWN = 5
 
 class InputError(UserError):
     """Inputs that do not fit the model: wrong columns, a wrong shape, text for a number."""
+
+
+def in_use_seed(val_accuracy: Mapping[int, float | None]) -> int:
+    """Which seed's model stands for a cell in use (the registry's version, `annlab predict
+    --model <cell>`): the highest validation accuracy, the lowest seed on a tie. Not the test
+    accuracy, which would let the test set choose the model. `val_accuracy`: each seed that did
+    not diverge, with its best validation accuracy."""
+    return min(val_accuracy, key=lambda seed: (-(val_accuracy[seed] or 0.0), seed))
 
 
 @dataclass
@@ -205,23 +214,16 @@ def read_inputs(path: str | Path, predictor: Predictor) -> tuple[Any, np.ndarray
         raise UserError(f"{path}: no such file or folder (--input)")
     suffix = path.suffix.lower()
     if predictor.is_table:
-        import pandas as pd
-
-        from annlab.errors import DataError
-
-        try:
-            if suffix == ".csv":
-                # Cells as text, as training read them: "01234" stays a category, not 1234.
-                x = pd.read_csv(path, dtype=str, encoding="utf-8-sig", skipinitialspace=True)
-            elif suffix in (".parquet", ".pq"):
-                x = pd.read_parquet(path)
-            else:
-                raise UserError(f"{path}: this model reads tables: a .csv or .parquet file")
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise DataError(f"{path}: cannot be read as a table ({exc})") from None
+        if suffix not in (".csv", ".parquet", ".pq"):
+            raise UserError(f"{path}: this model reads tables: a .csv or .parquet file")
+        # As training read the user's file: a CSV's cells as text, so "01234" stays a category.
+        x = owndata.read_frame(path, "csv" if suffix == ".csv" else "parquet")
         return x, predictor.labels(x)
     if suffix == ".npy":
-        return io_load(path), None
+        try:
+            return io.load_array(path.parent, path.stem), None  # refuses pickled objects
+        except (ValueError, OSError) as exc:
+            raise UserError(f"{path}: not a NumPy array file ({exc})") from None
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             if "x" not in npz:
@@ -241,13 +243,6 @@ def read_inputs(path: str | Path, predictor: Predictor) -> tuple[Any, np.ndarray
     return np.stack(images), None if names is None else predictor.encode(names, str(path))
 
 
-def io_load(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise UserError(f"{path}: not a plain NumPy array ({exc})") from None
-
-
 def _image_files(path: Path) -> tuple[list[Path], list[str] | None]:
     if path.is_file():
         return [path], None
@@ -256,8 +251,7 @@ def _image_files(path: Path) -> tuple[list[Path], list[str] | None]:
         files, names = [], []
         for folder in folders:
             for f in sorted(folder.rglob("*")):
-                hidden = any(part.startswith(".") for part in f.relative_to(folder).parts)
-                if f.is_file() and not hidden and f.suffix.lower() in IMAGE_SUFFIXES:
+                if f.is_file() and not owndata.hidden(f, folder) and f.suffix.lower() in IMAGE_SUFFIXES:
                     files.append(f)
                     names.append(folder.name)
         return files, names
@@ -269,16 +263,12 @@ def _image_files(path: Path) -> tuple[list[Path], list[str] | None]:
 
 def _read_image(file: Path, predictor: Predictor) -> np.ndarray:
     """An image file as the model's training images were read (color, resizing)."""
-    from PIL import Image
-
     from annlab.errors import DataError
 
     shape = predictor.shape
-    channels = shape[2] if len(shape) == 3 else 1
+    mode = "RGB" if len(shape) == 3 and shape[2] == 3 else "L"
+    size = shape[:2] if predictor.dataset.get("image_size") else None
     try:
-        pixels = owndata.load_image(file, "RGB" if channels == 3 else "L")
+        return np.asarray(owndata.load_image(file, mode, size), dtype=np.uint8)
     except DataError as exc:
         raise InputError(str(exc)) from None
-    if predictor.dataset.get("image_size"):
-        pixels = pixels.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-    return np.asarray(pixels, dtype=np.uint8)

@@ -205,11 +205,11 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
 
 
 def model_seed(rows: pd.DataFrame, cell: str) -> int:
-    """Which of a cell's seeds stands for it in use: the highest validation accuracy (the lowest
-    seed on a tie). Not the test accuracy, which would make the test set choose the model."""
+    """Which of a cell's seeds stands for it in use (`served.in_use_seed`)."""
+    from annlab.served import in_use_seed
+
     runs = rows[(rows["cell"] == cell) & ~rows["diverged"].astype(bool)]
-    best = runs.sort_values(["best_val_accuracy", "seed"], ascending=[False, True], kind="stable")
-    return int(best["seed"].iloc[0])
+    return in_use_seed(dict(zip(runs["seed"].astype(int), runs["best_val_accuracy"], strict=True)))
 
 
 def register_best(
