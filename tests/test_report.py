@@ -514,3 +514,84 @@ def test_the_champion_moves_only_beyond_its_interval_or_to_new_data(
 
     move, reason = champion_policy(_Registry(champion), "annlab", new)
     assert move is moves and why in reason
+
+
+_REGISTER = """
+import json, os, sys, time
+from pathlib import Path
+import mlflow
+from mlflow.tracking import MlflowClient
+from annlab.stages.report import register
+
+uri, key, barrier, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+
+
+class SlowStore(MlflowClient):
+    # A busy store: each read that a decision rests on takes half a second, which opens the
+    # window between reading and writing that racing stages fall into.
+    def search_model_versions(self, *args, **kwargs):
+        found = super().search_model_versions(*args, **kwargs)
+        time.sleep(0.5)
+        return found
+
+    def get_model_version_by_alias(self, *args, **kwargs):
+        try:
+            return super().get_model_version_by_alias(*args, **kwargs)
+        finally:
+            time.sleep(0.5)
+
+
+mlflow.set_tracking_uri(uri)
+client = SlowStore()
+tags = {"annlab.key": key, "annlab.dataset": "digits", "annlab.raw_data_digest": "r1",
+        "annlab.cell_test_accuracy": "0.97", "annlab.cell_test_accuracy_high": "0.98"}
+(barrier / str(os.getpid())).touch()
+while len(list(barrier.iterdir())) < n:  # every process registers at the same moment
+    time.sleep(0.01)
+new = lambda: client.create_model_version("m", "file:///m", tags=tags)
+version, added, why = register(client, "m", key, new)
+print(json.dumps({"version": version.version, "added": added, "why": why}))
+"""
+
+
+@pytest.mark.slow
+def test_reports_registering_side_by_side_add_one_version_per_grid_and_one_champion(tmp_path: Path) -> None:
+    """Queued experiments' report stages register at once (`make sweep`): each grid adds its
+    version once, and the champion is decided once, not raced (SQLite refuses the loser)."""
+    import json
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from annlab import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.search_experiments()  # creates the database before the race
+
+    def race(keys: list[str]) -> list[dict]:
+        barrier = tmp_path / f"barrier-{keys[0]}"
+        barrier.mkdir()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _REGISTER, uri, key, str(barrier), str(len(keys))],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for key in keys
+        ]
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0] * len(keys), outs
+        return [json.loads(out.strip().splitlines()[-1]) for out in outs]
+
+    grids = race(["g1", "g2", "g3", "g4"])  # four grids of equal merit
+    versions = client.search_model_versions("name='m'")
+    assert sorted(v.tags[tracking.KEY_TAG] for v in versions) == ["g1", "g2", "g3", "g4"]
+    first = [g for g in grids if "there was none" in g["why"]]
+    assert len(first) == 1, grids  # the others found it and stayed within its interval
+    assert client.get_model_version_by_alias("m", "champion").version == first[0]["version"]
+
+    again = race(["g5"] * 4)  # one grid reported four times at once
+    assert sum(g["added"] for g in again) == 1 and len({g["version"] for g in again}) == 1, again
+    assert len(client.search_model_versions("name='m'")) == 5

@@ -46,6 +46,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     queued = dvc(repo, "exp", "run", "--queue", "-S", sweep, store=None)
     dvc(repo, "queue", "start", "-j", "2", store=None)
     status = _wait_for_queue(repo)
+    for task in re.findall(r"^(\w+)\s.*\bFailed\s*$", status, flags=re.M):  # why, in the failure's message
+        logs = dvc(repo, "queue", "logs", task, store=None, check=False)
+        status += f"\n--- dvc queue logs {task}:\n{logs.stdout}{logs.stderr}"
     yield {"repo": repo, "queued": queued.stdout, "status": status}
     dvc(repo, "queue", "stop", store=None, check=False)  # no idle worker outlives the tests
 

@@ -126,13 +126,13 @@ def test_stages_on_one_machine_share_a_lock_per_tracking_server(
     import filelock
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    with tracking._store_lock("http://127.0.0.1:5000") as held:
+    with tracking.store_lock("http://127.0.0.1:5000") as held:
         assert Path(held.lock_file).parent == tmp_path / "annlab" / "locks"
         # The same server, however its URI is written, is the same lock.
         for same in ("http://127.0.0.1:5000/", "http://annlab:s3cret@127.0.0.1:5000"):
             with pytest.raises(filelock.Timeout):
-                tracking._store_lock(same).acquire(timeout=0)
-        other = tracking._store_lock("http://127.0.0.1:5001")
+                tracking.store_lock(same).acquire(timeout=0)
+        other = tracking.store_lock("http://127.0.0.1:5001")
         other.acquire(timeout=0)
         other.release()
 

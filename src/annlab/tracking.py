@@ -146,12 +146,13 @@ def git_commit(cwd: Path | None = None) -> str:
     return out.stdout.strip()
 
 
-def _store_lock(uri: str) -> contextlib.AbstractContextManager[object]:
+def store_lock(uri: str) -> contextlib.AbstractContextManager[object]:
     """An inter-process lock on the store, for the stages of this machine.
 
     MLflow creates and migrates a new database on first use; two stages doing that at once
     (parallel queued experiments) leave it broken, so the first use is serialized, as is the
-    creation of a grid's parent run. A SQLite store's lock sits next to it; a tracking
+    creation of a grid's parent run, and the registry's read-decide-write (report stages of
+    parallel experiments register side by side). A SQLite store's lock sits next to it; a tracking
     server's, one per server (whatever credentials or trailing slash its URI has), in the
     user's cache directory. Stages on other machines are not covered: `grid_run(merge=True)`
     mends what they race.
@@ -281,7 +282,7 @@ def experiment_id(name: str) -> str:
         os.environ.setdefault(key, value)
     check_server(uri)
     mlflow.set_tracking_uri(uri)
-    with _store_lock(uri):
+    with store_lock(uri):
         client = MlflowClient()
         found = client.get_experiment_by_name(name)
         if found is not None:
@@ -317,7 +318,7 @@ def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str], merge: 
     under a deleted parent: the next report or sync moves it too.
     """
     client = MlflowClient()
-    with _store_lock(mlflow.get_tracking_uri()):
+    with store_lock(mlflow.get_tracking_uri()):
         found = find_runs(exp_id, {GRID_TAG: grid_id, ROLE_TAG: "grid"})
         if not found:
             tags = {GRID_TAG: grid_id, ROLE_TAG: "grid", **tags}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,6 @@ def register_best(
 ) -> str:
     """Register the grid's best model (once per grid) and move the alias `champion` as the
     policy says (`champion_policy`); a line saying what happened."""
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from annlab import tracking
@@ -236,22 +236,8 @@ def register_best(
         return (
             f"report: registry: {cell} seed {seed}: its run {source_run} holds no model; nothing registered"
         )
-    try:
-        client.get_registered_model(name)
-    except MlflowException:  # RESOURCE_DOES_NOT_EXIST: the first grid registers it
-        try:
-            client.create_registered_model(
-                name, description="The best model of each annlab grid; @champion is in use."
-            )
-        except MlflowException as exc:  # queued experiments report side by side: one creates it first
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-    versions = client.search_model_versions(f"name='{name}'")
-    mine = [v for v in versions if v.tags.get(tracking.KEY_TAG) == key]
-    if mine:
-        version = mine[0]
-        added = False
-    else:
+
+    def new_version() -> Any:
         record = rows[(rows["cell"] == cell) & (rows["seed"] == seed)].iloc[0]
         tags = {
             tracking.KEY_TAG: key,
@@ -269,16 +255,50 @@ def register_best(
             "annlab.cell_test_accuracy_low": _tag_number(headline.get("best_test_accuracy_low")),
             "annlab.cell_test_accuracy_high": _tag_number(headline.get("best_test_accuracy_high")),
         }
-        version = client.create_model_version(
+        return client.create_model_version(
             name, f"models:/{logged[-1]}", run_id=source_run, tags=tags, model_id=logged[-1],
             description=f"{cell} seed {seed}, the best cell of grid {params.grid_id()} on {meta['dataset']}",
         )  # fmt: skip
-        added = True
+
+    version, added, why = register(client, name, key, new_version)
     what = f"{name} version {version.version} ({cell} seed {seed})"
-    move, why = champion_policy(client, name, version)
-    if move:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
     return f"report: registry: {'registered' if added else 'already holds'} {what}; champion: {why}"
+
+
+def register(client: Any, name: str, key: str, new_version: Callable[[], Any]) -> tuple[Any, bool, str]:
+    """The version of registered model `name` tagged with run key `key`, made by `new_version()`
+    if there is none (a rerun of a grid adds no version), and @champion moved to it if
+    `champion_policy` says so; returns the version, whether it is new, and the champion's story.
+
+    Report stages of parallel experiments (`make sweep`) register side by side: without the
+    store's lock both could find no version or no champion, and add two versions or race to
+    set the alias, which SQLite refuses to the loser. Stages on other machines sharing a
+    tracking server are not covered by the lock; a lost race there fails the report, and its
+    rerun (or `annlab sync`) registers again.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from annlab import tracking
+
+    with tracking.store_lock(mlflow.get_tracking_uri()):
+        try:
+            client.get_registered_model(name)
+        except MlflowException:  # RESOURCE_DOES_NOT_EXIST: the first grid registers it
+            try:
+                client.create_registered_model(
+                    name, description="The best model of each annlab grid; @champion is in use."
+                )
+            except MlflowException as exc:  # a stage on another machine created it first
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+        versions = client.search_model_versions(f"name='{name}'")
+        mine = [v for v in versions if v.tags.get(tracking.KEY_TAG) == key]
+        version = mine[0] if mine else new_version()
+        move, why = champion_policy(client, name, version)
+        if move:
+            client.set_registered_model_alias(name, CHAMPION, version.version)
+    return version, not mine, why
 
 
 CHAMPION = "champion"
