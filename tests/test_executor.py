@@ -198,6 +198,33 @@ def test_a_version_mismatch_names_both_versions() -> None:
     assert "ray" not in message.split(":", 1)[1].replace("Ray cluster", "")
 
 
+def test_workers_start_early_only_when_a_cell_may_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make repro` starts its local workers before the stages upstream of the grid (their imports
+    overlap that work) when a cell or an upstream stage is stale; not for Ray, the cold `dvc`
+    executor, or when only stages after the grid are; unused, they are stopped at once."""
+    from annlab import repro as rp
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # annlab's dvc.yaml
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert rp.upstream_stages() == {"validate", "fetch", "preprocess"}
+    assert rp.early_workers("auto", 2, {"report": [], "plot": []}) is None
+    assert rp.early_workers("dvc", 2, {"train@ann-adam-relu": []}) is None
+    assert rp.early_workers("ray", 2, {"train@ann-adam-relu": []}) is None
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    assert rp.early_workers("auto", 2, {"preprocess": []}) is None
+    monkeypatch.delenv("RAY_ADDRESS")
+    for stale in ({"preprocess": []}, {"train@ann-adam-relu": [], "report": []}):
+        workers = rp.early_workers("auto", 2, stale)
+        try:
+            assert workers is not None and len(workers.workers) == 2
+            processes = [w.process for w in workers.workers]
+            assert all(p.is_alive() for p in processes)
+        finally:
+            started = time.monotonic()
+            workers.close()  # still importing TensorFlow: killed, not waited for
+        assert time.monotonic() - started < 5 and not any(p.is_alive() for p in processes)
+
+
 # ---------------------------------------------------------------------------------------------
 # Local workers
 
@@ -210,6 +237,41 @@ def test_the_executor_reports_where_cells_run_and_each_cell(grids: dict) -> None
         assert re.search(rf"^\[\d/4\] {cell}\s+val 0\.\d{{4}}\s+\d+\.\d s$", out, re.MULTILINE), out
     assert _summary(grids["first"]) == (4, 0, 0)
     assert "Running stage 'train@" not in out  # no cold stage command ran a cell
+    # The stages after the grid ran in turn on a warm worker, not as cold stage commands.
+    ran = re.findall(r"^Running stage '(\w+)'( on a warm worker)?:$", out, re.MULTILINE)
+    assert ran[-3:] == [(s, " on a warm worker") for s in ("evaluate", "plot", "report")], out
+    assert "report: registry: registered annlab version 1" in out
+
+
+@pytest.mark.slow
+def test_stages_after_the_grid_run_in_turn_on_a_warm_worker(tmp_path: Path) -> None:
+    """The executor asks for what comes after the cells only once every cell is done, runs each
+    stage on a warm worker with what it printed, and names a stage that fails."""
+    from annlab.executor import Cell, LocalExecutor
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
+    jobs = [
+        Cell("ok", ("--params", str(tmp_path / "params.yaml"), "--params-only"), "annlab.stages.validate"),
+        Cell("broken", ("--params", str(tmp_path / "missing.yaml")), "annlab.stages.validate"),
+    ]
+    asked = []
+
+    def after() -> Cell | None:
+        asked.append(len(outcomes))
+        return jobs.pop(0) if jobs else None
+
+    outcomes: list = []
+    for outcome in LocalExecutor(2).run([], lambda: 0, after):
+        outcomes.append(outcome)
+    assert asked == [0, 1, 2]  # one stage at a time, each once the last was handled
+    done, failed = outcomes
+    assert (done.cell.stage, done.status, failed.cell.stage, failed.status) == (
+        "ok",
+        "done",
+        "broken",
+        "failed",
+    )
+    assert "missing.yaml" in failed.error
 
 
 @pytest.mark.slow

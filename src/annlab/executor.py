@@ -3,8 +3,9 @@
 A cold `dvc repro` of a cell spends most of its time importing TensorFlow and MLflow. A warm
 worker imports them once and trains many cells in turn, each exactly as the stage command
 would (`annlab.stages.train.main` with the arguments dvc.yaml gives it), so a cell has the
-same bits whichever worker trains it. The executor only runs cells: `annlab.repro` decides
-which are stale and records each finished one with DVC.
+same bits whichever worker trains it. A local worker also runs the stages after the grid
+(evaluate, plot, report) once the cells are done, the same way. The executor only runs
+them: `annlab.repro` decides which are stale and records each finished one with DVC.
 
 - `LocalExecutor`: JOBS worker processes on this machine. They log to MLflow as the stage does
   and write their outputs into the workspace. A worker that dies (SIGKILL, out of memory) is
@@ -46,14 +47,20 @@ TRAIN_MODULE = "annlab.stages.train"
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid cell to train: its DVC stage and the train stage's arguments (from dvc.yaml)."""
+    """One grid cell to train: its DVC stage and the train stage's arguments (from dvc.yaml).
+    Also a stage after the grid, which a warm worker runs once the cells are done (`module`)."""
 
     stage: str  # train@ann-adam-relu
     argv: tuple[str, ...]
+    module: str = TRAIN_MODULE
 
     @property
     def name(self) -> str:
-        return self.stage.split("@", 1)[1]
+        return self.stage.split("@", 1)[-1]
+
+    @property
+    def is_cell(self) -> bool:
+        return self.module == TRAIN_MODULE
 
     def arg(self, flag: str) -> str:
         """The value of one of the stage's options, e.g. `--model-dir`."""
@@ -76,6 +83,7 @@ class Outcome:
     val_accuracy: float | None = None
     error: str = ""
     files: dict[str, bytes] = field(default_factory=dict)  # Ray: the outputs, by relative path
+    output: str = ""  # a stage after the grid: what it printed
     worker: str = ""  # which process trained it (host:pid)
     peak_rss_mib: float = 0.0  # that process's peak resident memory so far
 
@@ -88,14 +96,28 @@ def cell_from_command(stage: str, cmd: str) -> Cell:
     return Cell(stage, tuple(words[words.index(TRAIN_MODULE) + 1 :]))
 
 
+def stage_from_command(stage: str, cmd: str) -> Cell | None:
+    """A stage after the grid as a job for a warm worker, when its command runs one of annlab's
+    stage modules (`python -m annlab.stages.<name> ...`); None otherwise (DVC runs it)."""
+    words = shlex.split(cmd)
+    if "-m" not in words[:-1]:
+        return None
+    at = words.index("-m") + 1
+    if not words[at].startswith("annlab.stages.") or words[at] == TRAIN_MODULE:
+        return None
+    return Cell(stage, tuple(words[at + 1 :]), words[at])
+
+
 def train_cell(cell: Cell, root: Path | None = None) -> Outcome:
-    """Train a cell in this process, as its stage command would, from `root` (default: here).
+    """Train a cell in this process, as its stage command would, from `root` (default: here);
+    or run a stage after the grid (`cell.module`), whose outcome is "done" with what it printed.
 
     The stage's printing is kept from the terminal (the driver prints one line per cell) and
     returned with the error when the cell fails.
     """
-    from annlab.stages import train
+    import importlib
 
+    stage = importlib.import_module(cell.module)
     argv = list(cell.argv)
     if root is not None:
         argv += ["--params", str(root / "params.yaml")]
@@ -103,7 +125,7 @@ def train_cell(cell: Cell, root: Path | None = None) -> Outcome:
     printed = _io.StringIO()
     try:
         with contextlib.redirect_stdout(printed), _cwd(root):
-            summary = train.main(argv)
+            summary = stage.main(argv)
     except (KeyboardInterrupt, Interrupted):
         return Outcome(cell, "interrupted", time.perf_counter() - started, error="interrupted")
     except UserError as exc:
@@ -113,6 +135,8 @@ def train_cell(cell: Cell, root: Path | None = None) -> Outcome:
         return Outcome(cell, "failed", time.perf_counter() - started, error=f"{exc!r}\n{detail}")
     finally:
         _reset_keras()
+    if not cell.is_cell:
+        return Outcome(cell, "done", time.perf_counter() - started, output=printed.getvalue())
     return Outcome(
         cell,
         "trained",
@@ -207,31 +231,60 @@ class LocalExecutor:
     """JOBS warm worker processes on this machine."""
 
     def __init__(self, jobs: int) -> None:
+        import multiprocessing as mp
+
         self.jobs = jobs
+        self.ctx = mp.get_context("spawn")  # a fresh interpreter: nothing of the driver's DVC state
+        self.workers: list[_Worker] = []
+
+    def start(self) -> None:
+        """Start the JOBS workers now: they import TensorFlow and MLflow while the driver does
+        other work (the stages before the grid), and wait for cells."""
+        while len(self.workers) < self.jobs:
+            self._spawn()
+
+    def close(self) -> None:
+        """Tell every worker to exit, and wait for them (killing any that hangs). One still
+        warming up has nothing to finish: it is killed rather than waited for."""
+        for w in self.workers:
+            if w.ready:
+                _close(w)
+            else:
+                w.process.kill()
+        for w in self.workers:
+            w.process.join(timeout=30)
+            if w.process.is_alive():
+                w.process.kill()
+        self.workers.clear()
+
+    def _spawn(self) -> None:
+        ours, theirs = self.ctx.Pipe()
+        process = self.ctx.Process(target=_local_worker, args=(theirs,), daemon=True)
+        process.start()
+        theirs.close()
+        self.workers.append(_Worker(process, ours))
 
     def describe(self) -> str:
         return f"executor: local, {self.jobs} worker{'s' if self.jobs != 1 else ''}"
 
-    def run(self, cells: list[Cell], stop: Callable[[], int]) -> Iterator[Outcome]:
+    def run(
+        self, cells: list[Cell], stop: Callable[[], int], after: Callable[[], Cell | None] | None = None
+    ) -> Iterator[Outcome]:
         """Train `cells`, yielding each outcome as it comes. `stop()` counts the stop requests
         (Ctrl-C) so far: at the first, no cell starts and each worker is asked to stop after its
-        step; at the second, to stop at once."""
-        import multiprocessing as mp
+        step; at the second, to stop at once.
+
+        `after()`: the next stage after the grid, asked for once every cell is done and the
+        last outcome handled (the driver records it first), until it returns None. A warm
+        worker runs it, which spares that stage's imports; the workers wait for it meanwhile."""
         from multiprocessing.connection import wait
 
-        ctx = mp.get_context("spawn")  # a fresh interpreter: nothing of the driver's DVC state
         queue: deque[Cell] = deque(cells)
         tries: dict[str, int] = {}
-        workers: list[_Worker] = []
+        workers = self.workers  # those `start` began, if it was called
         signalled = 0
         spares = self.jobs + len(cells)  # workers started beyond the first JOBS, at most
-
-        def spawn() -> None:
-            ours, theirs = ctx.Pipe()
-            process = ctx.Process(target=_local_worker, args=(theirs,), daemon=True)
-            process.start()
-            theirs.close()
-            workers.append(_Worker(process, ours))
+        spawn = self._spawn
 
         def handle(w: _Worker, message: Any) -> Outcome | None:
             if isinstance(message, tuple) and message[0] == "ready":
@@ -241,17 +294,25 @@ class LocalExecutor:
             return message
 
         def dispatch() -> None:
+            nonlocal after
+            busy = any(w.cell is not None for w in workers)
             for w in workers:
                 if not w.ready or w.cell is not None or w.closed:
                     continue
+                if not queue and not busy and after is not None and not signalled:
+                    if (job := after()) is None:
+                        after = None
+                    else:
+                        queue.append(job)
                 if queue and not signalled:
                     w.cell = queue.popleft()
                     tries[w.cell.stage] = tries.get(w.cell.stage, 0) + 1
                     w.conn.send(w.cell)
-                else:
+                    busy = True
+                elif not (busy and after is not None and not signalled):  # else: wait for what comes after
                     _close(w)
 
-        for _ in range(min(self.jobs, len(queue))):
+        while len(workers) < min(self.jobs, max(len(queue), after is not None)):  # one for `after`
             spawn()
         try:
             while workers:
@@ -277,7 +338,8 @@ class LocalExecutor:
                     w.process.join()
                     workers.remove(w)
                     if w.cell is not None:
-                        _clean_partial_outputs(w.cell)
+                        if w.cell.is_cell:
+                            _clean_partial_outputs(w.cell)
                         died = f"its worker died ({_exit_reason(w.process.exitcode)})"
                         if tries[w.cell.stage] < 2 and not signalled:
                             print(f"{w.cell.name}: {died}; retrying it on a fresh worker", flush=True)
@@ -294,12 +356,7 @@ class LocalExecutor:
                     while queue:
                         yield Outcome(queue.popleft(), "failed", error="no worker could start (see above)")
         finally:
-            for w in workers:
-                _close(w)
-            for w in workers:
-                w.process.join(timeout=30)
-                if w.process.is_alive():
-                    w.process.kill()
+            self.close()
 
 
 def _close(w: _Worker) -> None:
@@ -460,8 +517,12 @@ class RayExecutor:
         where = f"executor: ray at {self.address}, {cpus:g} CPUs"
         return where + (f", {gpus:g} GPUs" if gpus else "")
 
-    def run(self, cells: list[Cell], stop: Callable[[], int]) -> Iterator[Outcome]:
-        """Train `cells` as Ray tasks, yielding each outcome as it comes; a stop cancels them."""
+    def run(
+        self, cells: list[Cell], stop: Callable[[], int], after: Callable[[], Cell | None] | None = None
+    ) -> Iterator[Outcome]:
+        """Train `cells` as Ray tasks, yielding each outcome as it comes; a stop cancels them.
+        `after` is not asked: the stages after the grid write the workspace and log to its MLflow
+        store, so the driver's `dvc repro` runs them."""
         from annlab import io
 
         ray = self._ray

@@ -3,10 +3,12 @@
 After the stages upstream of the grid, each stale cell is first looked up in DVC's run cache
 (a teammate's push, an earlier grid) and checked out if there; the rest go to an executor
 (`annlab.executor`): warm local worker processes, or a Ray cluster when RAY_ADDRESS is set.
-Each finished cell is recorded as `dvc commit` records it (dvc.lock, the cache and the run
-cache), so DVC stays the source of truth: a last `dvc repro` runs what is left (evaluate,
-plot, report) and finds the cells done. `--executor dvc` deals the cells to JOBS cold
-`dvc repro` processes instead, as before the executor.
+Local workers start before the upstream stages run, so that their imports overlap them, and
+once the cells are done one of them runs the stale stages after the grid (evaluate, plot,
+report). Each finished cell or stage is recorded as `dvc commit` records it (dvc.lock, the
+cache and the run cache), so DVC stays the source of truth: a last `dvc repro` runs what is
+left, if anything. `--executor dvc` deals the cells to JOBS cold `dvc repro` processes
+instead, as before the executor.
 
 Last, dvc.lock loses the entries of stages that dvc.yaml no longer has (see `prune_lock`).
 """
@@ -20,7 +22,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,8 +181,11 @@ def cell_line(n: int, total: int, outcome: Outcome, width: int) -> str:
     return "\n".join([f"{head}  FAILED: {first}", *(f"    {line}" for line in rest)])
 
 
-def run_cells(kind: str, jobs: int) -> int:
-    """Restore or train the stale cells, recording each with DVC; 0, 1 (a cell failed) or 130."""
+def run_cells(kind: str, jobs: int, warm: Any = None) -> int:
+    """Restore or train the stale cells, recording each with DVC; 0, 1 (a cell or stage
+    failed) or 130. Then, on a local worker still warm, the stale stages after the grid.
+
+    `warm`: local workers `early_workers` started; closed unused if nothing is left to run."""
     from dvc.repo import Repo
 
     with Repo() as repo:
@@ -194,12 +199,29 @@ def run_cells(kind: str, jobs: int) -> int:
                 print(f"{head}  restored from the run cache", flush=True)
     todo = [cell for cell in stale if cell not in restored]
     counts = {"trained": 0, "failed": 0, "interrupted": 0}
-    if todo:
+    stages = {"failed": 0, "interrupted": 0}  # of those after the grid
+    if todo or warm is not None:
         stop = StopRequests()
-        executor = make_executor(kind, min(jobs, len(todo)))
+        executor = warm or make_executor(kind, min(jobs, len(todo)))
         print(executor.describe(), flush=True)
         with stop.installed(), Repo() as repo:
-            for outcome in executor.run(todo, stop):
+            after = StagesAfter(
+                repo, lambda: counts["failed"] + counts["interrupted"] + sum(stages.values()), stop
+            )
+            for outcome in executor.run(todo, stop, after):
+                if not outcome.cell.is_cell:
+                    if outcome.status == "done":
+                        commit_cell(repo, outcome.cell.stage)
+                        record_stats(outcome)
+                        print(outcome.output, end="", flush=True)
+                    else:
+                        stages[outcome.status] += 1
+                        print(
+                            f"{outcome.cell.stage}: {outcome.status}: {outcome.error}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    continue
                 if outcome.status == "trained":
                     commit_cell(repo, outcome.cell.stage)
                     record_stats(outcome)
@@ -217,9 +239,46 @@ def run_cells(kind: str, jobs: int) -> int:
     if counts["interrupted"]:
         summary += f", interrupted {counts['interrupted']} (the next `make repro` trains them)"
     print(summary, flush=True)
-    if counts["interrupted"]:
+    if counts["interrupted"] or stages["interrupted"]:
         return 130
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or stages["failed"] else 0
+
+
+class StagesAfter:
+    """The stages after the grid, for a warm worker to run once every cell is recorded: each
+    that DVC finds stale at its turn (earlier ones change later ones' deps), in dvc.yaml's
+    order, unless a cell failed or a stop was asked. As `dvc repro` would, each is first looked
+    up in the run cache. Stages whose command is not an annlab stage module, and all those after
+    one, are left to the final `dvc repro`."""
+
+    def __init__(self, repo: Any, failed: Callable[[], int], stop: StopRequests) -> None:
+        from annlab.executor import stage_from_command
+
+        self.repo, self.stop = repo, stop
+        self.failed = failed  # how many cells or stages failed or were interrupted so far
+        self.pending: list[Cell] = []
+        order = pipeline_order()
+        for name in order[order.index(GRID_STAGE) + 1 :]:
+            found = repo.stage.collect(name)
+            job = stage_from_command(name, found[0].cmd) if len(found) == 1 else None
+            if job is None:
+                break
+            self.pending.append(job)
+
+    def __call__(self) -> Cell | None:
+        while self.pending and not (self.failed or self.stop()):
+            job = self.pending.pop(0)
+            if not (status := self.repo.status(targets=[job.stage])):
+                continue
+            if "deleted" in json.dumps(status):  # a missing dependency: `dvc repro` names it
+                self.pending.clear()
+                return None
+            if restore_from_run_cache(self.repo, job.stage):
+                print(f"Stage '{job.stage}' restored from the run cache", flush=True)
+                continue
+            print(f"Running stage '{job.stage}' on a warm worker:", flush=True)
+            return job
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,25 +302,31 @@ def main(argv: list[str] | None = None) -> int:
 
     if not has_grid(Path("dvc.yaml")):  # not annlab's pipeline: nothing for an executor
         return dvc(["repro"]) or _pruned()
-    if up_to_date():  # one status for the whole pipeline, not a repro of each part
+    stale = pipeline_status()  # one status for the whole pipeline, not a repro of each part
+    if not stale:
         print("trained 0, restored 0 from cache, failed 0: every stage is up to date", flush=True)
         return _pruned()
     if missing := missing_data():
         print(f"error: {missing}", file=sys.stderr)
         return 2
-    if code := dvc(["repro", UPSTREAM]):
-        return code
-    if args.executor == "dvc":
-        if code := cold_cells(args.jobs):
+    warm = early_workers(args.executor, args.jobs, stale)
+    try:
+        if code := dvc(["repro", UPSTREAM]):
             return code
-    else:
-        try:
-            code = run_cells(args.executor, args.jobs)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if code:
-            return code
+        if args.executor == "dvc":
+            if code := cold_cells(args.jobs):
+                return code
+        else:
+            try:
+                code = run_cells(args.executor, args.jobs, warm)
+            except UserError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            if code:
+                return code
+    finally:
+        if warm is not None:
+            warm.close()  # a no-op once the cells have run
     if code := dvc(["repro"]):
         return code
     return _pruned()
@@ -289,12 +354,40 @@ def missing_data() -> str | None:
     return f"{PARAMS}: data.path: {data.path} does not exist; data.dataset {data.dataset} reads {what}"
 
 
-def up_to_date() -> bool:
-    """Whether DVC finds every stage's deps, params and outputs as dvc.lock records them."""
+def pipeline_status() -> dict[str, Any]:
+    """The stages whose deps, params or outputs differ from what dvc.lock records (`dvc status`)."""
     from dvc.repo import Repo
 
     with Repo() as repo:
-        return not repo.status()
+        return repo.status()
+
+
+def early_workers(kind: str, jobs: int, stale: dict[str, Any]) -> Any:
+    """Local workers started before the stages upstream of the grid run, so that their imports
+    (TensorFlow, MLflow: several seconds) overlap those stages' work; None when the cells do not
+    run on local workers, or when only stages after the grid are stale (no cell to train)."""
+    from annlab.executor import LocalExecutor
+
+    if kind not in ("auto", "local") or (kind == "auto" and os.environ.get(RAY_ADDRESS_ENV, "").strip()):
+        return None
+    if not any(name.startswith(f"{GRID_STAGE}@") or name in upstream_stages() for name in stale):
+        return None
+    executor = LocalExecutor(jobs)
+    executor.start()
+    return executor
+
+
+def upstream_stages() -> set[str]:
+    """The stages dvc.yaml lists before the grid's."""
+    order = pipeline_order()
+    return set(order[: order.index(GRID_STAGE)])
+
+
+def pipeline_order() -> list[str]:
+    """The stages as dvc.yaml lists them (annlab's lists them in the order they run)."""
+    import yaml
+
+    return list(yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"])
 
 
 def has_grid(dvc_yaml: Path) -> bool:

@@ -87,16 +87,25 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     import multiprocessing
     import os
+    import sys
     from concurrent.futures import ProcessPoolExecutor
 
     figures.pyplot()  # imported once, before the workers fork
     cells = params.cells()
     reports = [io.read_json(args.eval / f"{cell.name}.json") for cell in cells]
+    n = len(cells)
+    histories = [args.history / cell.name for cell in cells]
+    # On `make repro`'s warm worker (a daemon process, TensorFlow's threads running) forking is
+    # neither allowed nor safe: it draws in turn.
+    forkable = not multiprocessing.current_process().daemon and "tensorflow" not in sys.modules
+    jobs = min(n, os.cpu_count() or 1) if forkable else 1
     with io.atomic_path(args.out) as out:
-        jobs = min(len(cells), os.cpu_count() or 1)
+        if jobs == 1:
+            lines = map(draw_cell, cells, [params] * n, histories, reports, [out] * n)
+            for line in lines:
+                print(line)
+            return
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            histories = [args.history / cell.name for cell in cells]
-            n = len(cells)
             for line in pool.map(draw_cell, cells, [params] * n, histories, reports, [out] * n):
                 print(line)
 
