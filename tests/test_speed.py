@@ -289,3 +289,41 @@ def test_stale_cells_are_dealt_round_robin() -> None:
     cells = [f"train@{c}" for c in "abcde"]
     assert lanes(cells, 2) == [["train@a", "train@c", "train@e"], ["train@b", "train@d"]]
     assert lanes(cells[:1], 2) == [["train@a"]]
+
+
+# Trains seed 7 and then seed 8, the second as a cell's next seed is trained (`model.reuse`),
+# and seed 8 on a model of its own; with dropout, so its seed state must be carried over too.
+REUSE = (
+    TRAIN.split("m.seed_everything(7)")[0].replace(
+        'small = {"cnn"', 'small = {"ann": {"dropout": 0.2}, "cnn"'
+    )
+    + """
+from annlab import loop
+
+def train(seed, previous=None):
+    m.seed_everything(seed)
+    fresh = m.compiled_model(params, (8,), 3, speed, len(x))
+    model = m.reuse(previous, fresh, speed)
+    history = m.fit(model, (x, y), (xv, yv), 3, 16, verbose=0, speed=speed)
+    probs = model.predict(xv, verbose=0).tobytes()
+    weights = b"".join(w.tobytes() for w in model.get_weights())
+    digests = {k: hashlib.sha256(v).hexdigest() for k, v in (("predictions", probs), ("weights", weights))}
+    return model, {"history": history, **digests}
+
+first, _ = train(7)
+(runner,) = loop._RUNNERS[first].values()
+traced = runner.experimental_get_tracing_count()
+reused, again = train(8, first)
+_, fresh = train(8)
+print(json.dumps({"reused": reused is first, "again": again, "fresh": fresh,
+                  "traced_again": runner.experimental_get_tracing_count() - traced}))
+"""
+)
+
+
+@pytest.mark.slow
+def test_the_next_seed_trains_the_same_bits_on_the_last_seeds_model_without_tracing_again() -> None:
+    result = _train(REUSE)
+    assert result["reused"]
+    assert result["again"] == result["fresh"]
+    assert result["traced_again"] == 0

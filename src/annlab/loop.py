@@ -19,6 +19,7 @@ gives the same bits (tests/test_speed.py compares it with `fit` for every optimi
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -164,6 +165,57 @@ def _train_step(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], None]:
     return step
 
 
+Runner = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], None]
+_RUNNERS: weakref.WeakKeyDictionary[keras.Model, dict[int, Runner]] = weakref.WeakKeyDictionary()
+
+
+def _runner(model: keras.Model, batch_size: int) -> Runner:
+    """The graph that runs `count` steps from step `first` of an epoch, traced once per model
+    and batch size: a model trained again (the next seed of a cell, `reinitialize`) reuses it,
+    where tracing it anew costs about a second, a third of a digits run."""
+    runners = _RUNNERS.setdefault(model, {})
+    if batch_size not in runners:
+        step = _train_step(model)
+
+        @tf.function(autograph=False)
+        def run(
+            order: tf.Tensor, first: tf.Tensor, count: tf.Tensor, features: tf.Tensor, targets: tf.Tensor
+        ) -> None:
+            def body(i: tf.Tensor) -> tuple[tf.Tensor]:
+                batch = order[i * batch_size : (i + 1) * batch_size]
+                step(tf.gather(features, batch), tf.gather(targets, batch))
+                return (i + 1,)
+
+            tf.while_loop(lambda i: i < first + count, body, (first,))
+
+        runners[batch_size] = run
+    return runners[batch_size]
+
+
+def reinitialize(model: keras.Model, fresh: keras.Model) -> bool:
+    """Give `model` the state `fresh` starts from, `fresh` being the same network with the same
+    optimizer built and compiled anew (from the next seed): its weights and other variables
+    (dropout's seed state), a new optimizer's variables, and no metrics. Trained again, `model`
+    then learns what `fresh` would, bit for bit, in graphs already traced. False, and `model`
+    untouched, when the two differ in any variable's shape or in steps per execution."""
+    fresh.optimizer.build(fresh.trainable_variables)
+    pairs = [
+        *zip(model.variables, fresh.variables, strict=False),
+        *zip(model.optimizer.variables, fresh.optimizer.variables, strict=False),
+    ]
+    if (
+        len(model.variables) != len(fresh.variables)
+        or len(model.optimizer.variables) != len(fresh.optimizer.variables)
+        or model.steps_per_execution != fresh.steps_per_execution
+        or any(a.shape != b.shape or a.dtype != b.dtype for a, b in pairs)
+    ):
+        return False
+    for mine, theirs in pairs:
+        mine.assign(theirs)
+    model.reset_metrics()
+    return True
+
+
 def _epoch_order(n: int) -> tf.data.Dataset:
     """Each element: the order of one epoch's samples, as Keras' `fit` draws it.
 
@@ -203,17 +255,8 @@ def fit(
         raise ValueError(f"{len(x)} training samples but {len(y)} targets")
     n, per_call = len(x), model.steps_per_execution
     steps = -(-n // batch_size)
-    step = _train_step(model)
+    run = _runner(model, batch_size)
     features, targets = tf.constant(x), tf.constant(y)
-
-    @tf.function(autograph=False)
-    def run(order: tf.Tensor, first: tf.Tensor, count: tf.Tensor) -> None:
-        def body(i: tf.Tensor) -> tuple[tf.Tensor]:
-            batch = order[i * batch_size : (i + 1) * batch_size]
-            step(tf.gather(features, batch), tf.gather(targets, batch))
-            return (i + 1,)
-
-        tf.while_loop(lambda i: i < first + count, body, (first,))
 
     callback_list = keras.callbacks.CallbackList(
         callbacks,
@@ -232,22 +275,26 @@ def fit(
         # epoch costs 50 ms of a 1.3 s MNIST epoch).
         model._eval_epoch_iterator = None
         if val is not None:
+            # The batches Keras' array adapter cuts, from a plain dataset: `evaluate` makes two
+            # tf.data iterators an epoch, 2 ms each over it, 20-40 ms over the adapter's.
+            batches = tf.data.Dataset.from_tensor_slices(tuple(_floats(a) for a in val))
             model._eval_epoch_iterator = TFEpochIterator(
-                x=val[0],
-                y=val[1],
-                batch_size=validation_batch_size,
+                x=batches.batch(validation_batch_size),
                 distribute_strategy=model.distribute_strategy,
                 steps_per_execution=per_call,
                 shuffle=False,
             )
+        # Keras' shuffle draws the same permutation from each new iterator of its dataset, so
+        # each of `fit`'s epochs has the same order: drawn once here (a new tf.data iterator
+        # costs 10-20 ms, a tenth of a digits epoch).
+        order = next(iter(orders))
         callback_list.on_train_begin()
         for epoch in range(epochs):
             model.reset_metrics()
             callback_list.on_epoch_begin(epoch)
-            order = next(iter(orders))
             for first in range(0, steps, per_call):
                 callback_list.on_train_batch_begin(first)
-                run(order, tf.constant(first), tf.constant(min(per_call, steps - first)))
+                run(order, tf.constant(first), tf.constant(min(per_call, steps - first)), features, targets)
                 callback_list.on_train_batch_end(first + per_call - 1, model.get_metrics_result())
                 if model.stop_training:
                     break

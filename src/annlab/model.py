@@ -193,6 +193,17 @@ def fit(
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
+def reuse(previous: keras.Model | None, fresh: keras.Model, speed: Speed | None) -> keras.Model:
+    """The model to train: `previous` (the cell's last seed's) set to the state `fresh` starts
+    from, when annlab's loop trains both (`loop.reinitialize`: the same bits, and no second
+    tracing of the training and validation graphs, a second of each digits run); else `fresh`."""
+    if previous is None or speed is None or not speed.own_loop:
+        return fresh
+    if not (loop.supported(previous) and loop.supported(fresh)):
+        return fresh
+    return previous if loop.reinitialize(previous, fresh) else fresh
+
+
 def load_model(path: Path) -> keras.Model:
     """A saved model, uncompiled, in Keras' safe mode: a file that holds Python code (a Lambda
     layer's function, which loading would run) is refused with a clear error."""

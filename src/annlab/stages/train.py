@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
 
     finals: list[float] = []
     train_seconds = 0.0
+    models: list[keras.Model] = []  # the last seed's, trained again from the next seed's start
 
     def train_seed(seed: int, seed_dir: Path, history_path: Path) -> str:
         """Train one seed of the cell in its own MLflow run, save it; return a one-line summary."""
@@ -157,7 +158,9 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
             link.call(tracking.log_cell_inputs, logged_params, grid_id, splits, info["dataset"])
             # A table's width is its split's own (one-hot over the categories its training rows hold).
             shape = tuple(info["input_shape"] or x_train.shape[1:])
-            model = annmodel.compiled_model(params, shape, n_classes, speed, len(x_train))
+            fresh = annmodel.compiled_model(params, shape, n_classes, speed, len(x_train))
+            model = annmodel.reuse(models[-1] if models else None, fresh, speed)
+            models[:] = [model]
             started = time.perf_counter()
             logger = EpochLogger()
             try:
