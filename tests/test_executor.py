@@ -198,6 +198,16 @@ def test_a_version_mismatch_names_both_versions() -> None:
     assert "ray" not in message.split(":", 1)[1].replace("Ray cluster", "")
 
 
+def test_only_a_missing_dependency_stops_the_stages_after_the_grid_on_a_worker() -> None:
+    from annlab.repro import missing_deps
+
+    # As `dvc status` words it: an output gone (a fresh clone) is rewritten by the stage itself.
+    assert missing_deps({"evaluate": [{"changed outs": {"reports/predictions": "deleted"}}]}) == []
+    assert missing_deps({"evaluate": [{"changed deps": {"models": "modified"}}, "changed command"]}) == []
+    gone = {"report": [{"changed deps": {"reports/figures/cells": "deleted", "models": "modified"}}]}
+    assert missing_deps(gone) == ["reports/figures/cells"]
+
+
 def test_workers_start_early_only_when_a_cell_may_train(monkeypatch: pytest.MonkeyPatch) -> None:
     """`make repro` starts its local workers before the stages upstream of the grid (their imports
     overlap that work) when a cell or an upstream stage is stale; not for Ray, the cold `dvc`

@@ -270,7 +270,7 @@ class StagesAfter:
             job = self.pending.pop(0)
             if not (status := self.repo.status(targets=[job.stage])):
                 continue
-            if "deleted" in json.dumps(status):  # a missing dependency: `dvc repro` names it
+            if missing_deps(status):  # `dvc repro` names them
                 self.pending.clear()
                 return None
             if restore_from_run_cache(self.repo, job.stage):
@@ -360,6 +360,19 @@ def pipeline_status() -> dict[str, Any]:
 
     with Repo() as repo:
         return repo.status()
+
+
+def missing_deps(status: dict[str, Any]) -> list[str]:
+    """The dependencies `dvc status` says are gone (a missing output of an upstream stage, a
+    deleted input); the outputs that are gone do not count, the stage rewrites them."""
+    return [
+        path
+        for entries in status.values()
+        for entry in entries
+        if isinstance(entry, dict)
+        for path, state in entry.get("changed deps", {}).items()
+        if state == "deleted"
+    ]
 
 
 def early_workers(kind: str, jobs: int, stale: dict[str, Any]) -> Any:
