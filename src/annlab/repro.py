@@ -266,7 +266,7 @@ class StagesAfter:
             self.pending.append(job)
 
     def __call__(self) -> Cell | None:
-        while self.pending and not (self.failed or self.stop()):
+        while self.pending and not (self.failed() or self.stop()):
             job = self.pending.pop(0)
             if not (status := self.repo.status(targets=[job.stage])):
                 continue
