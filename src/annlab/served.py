@@ -105,8 +105,10 @@ class Predictor:
 
     def probabilities(self, x: Any) -> np.ndarray:
         """Each input's class probabilities, columns in `class_names` order."""
+        from annlab.model import probabilities
+
         # As evaluate predicts (same call, same batches): the same inputs give the same bits.
-        return self.model.predict(self.prepare(x), verbose=0)
+        return probabilities(self.model, self.prepare(x))
 
     def predict(self, x: Any) -> pd.DataFrame:
         """One row per input: the predicted class name, then each class's probability."""

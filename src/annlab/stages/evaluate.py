@@ -28,7 +28,7 @@ def predictions_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[st
 def evaluate_cell(model_dir: Path, data_dir: Path, names: list[str]) -> dict:
     """Test one cell's model of each seed on that seed's test split: per-seed metrics, the
     summed confusion matrix and every (actual, predicted) pair."""
-    from annlab.model import load_model
+    from annlab.model import load_model, probabilities
 
     seeds: list[dict[str, Any]] = []
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
@@ -50,7 +50,7 @@ def evaluate_cell(model_dir: Path, data_dir: Path, names: list[str]) -> dict:
         else:
             # Not compiled: predicting needs no optimizer state.
             model = load_model(seed_dir / "model.keras")
-            probs = model.predict(x_test, verbose=0)
+            probs = probabilities(model, x_test)
             scalars, report = metrics.evaluate(y_test, probs, meta["loss"], names)
             entry.update(scalars, classes=report["classes"], confusion_matrix=report["confusion_matrix"])
             confusion += np.asarray(report["confusion_matrix"])
