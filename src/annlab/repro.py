@@ -41,7 +41,7 @@ def lanes(stages: list[str], jobs: int) -> list[list[str]]:
     return [lane for lane in (stages[i::jobs] for i in range(jobs)) if lane]
 
 
-def prune_lock(repo_dir: str | Path = ".") -> list[str]:
+def prune_lock(repo_dir: str | Path = ".", repo: Any = None) -> list[str]:
     """Drop from dvc.lock the stages that dvc.yaml no longer defines; their names.
 
     DVC keeps a stage's entry after the stage leaves dvc.yaml (a grid cell when the grid
@@ -50,24 +50,32 @@ def prune_lock(repo_dir: str | Path = ".") -> list[str]:
     third more work. They describe no output in the workspace; should the stage come back, DVC
     restores its outputs from its run cache without running it, as it would have with the entry.
     """
+    import yaml
     from dvc.repo import Repo
     from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
 
     from annlab.io import write_text
 
-    with Repo(str(repo_dir)) as repo, repo.lock:
+    with contextlib.ExitStack() as opened:
+        if repo is None:
+            repo = opened.enter_context(Repo(str(repo_dir)))
         root = Path(repo.root_dir)
         path = root / "dvc.lock"
         if not path.exists():
             return []
         live = {stage.name for stage in repo.index.stages if Path(stage.dvcfile.path) == root / "dvc.yaml"}
-        lock = parse_yaml_for_update(path.read_text(encoding="utf-8"), str(path))
-        entries = lock.get("stages", {})
-        stale = [name for name in entries if name not in live]
-        for name in stale:
-            del entries[name]
-        if stale:
-            write_text(path, dumps_yaml(lock))  # DVC's own round trip: the rest stays as it was
+        # A fast read first: the round trip that keeps DVC's layout is for when there is work.
+        names = (yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader) or {}).get("stages", {})
+        if all(name in live for name in names):
+            return []
+        with repo.lock:
+            lock = parse_yaml_for_update(path.read_text(encoding="utf-8"), str(path))
+            entries = lock.get("stages", {})
+            stale = [name for name in entries if name not in live]
+            for name in stale:
+                del entries[name]
+            if stale:
+                write_text(path, dumps_yaml(lock))  # DVC's own round trip: the rest stays as it was
     return stale
 
 
@@ -198,6 +206,9 @@ def run_cells(kind: str, jobs: int, warm: Any = None) -> int:
                 head = f"[{len(restored)}/{len(stale)}] {cell.name:<{width}}"
                 print(f"{head}  restored from the run cache", flush=True)
     todo = [cell for cell in stale if cell not in restored]
+    if warm is not None and not todo and not stages_after_are_stale():
+        warm.close()  # nothing for them to do (still warming up: stopped at once)
+        warm = None
     counts = {"trained": 0, "failed": 0, "interrupted": 0}
     stages = {"failed": 0, "interrupted": 0}  # of those after the grid
     if todo or warm is not None:
@@ -242,6 +253,15 @@ def run_cells(kind: str, jobs: int, warm: Any = None) -> int:
     if counts["interrupted"] or stages["interrupted"]:
         return 130
     return 1 if counts["failed"] or stages["failed"] else 0
+
+
+def stages_after_are_stale() -> bool:
+    """Whether DVC finds any stage after the grid out of date now."""
+    from dvc.repo import Repo
+
+    order = pipeline_order()
+    with Repo() as repo:
+        return bool(repo.status(targets=order[order.index(GRID_STAGE) + 1 :]))
 
 
 class StagesAfter:
@@ -302,10 +322,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not has_grid(Path("dvc.yaml")):  # not annlab's pipeline: nothing for an executor
         return dvc(["repro"]) or _pruned()
-    stale = pipeline_status()  # one status for the whole pipeline, not a repro of each part
-    if not stale:
-        print("trained 0, restored 0 from cache, failed 0: every stage is up to date", flush=True)
-        return _pruned()
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        stale = repo.status()  # one status for the whole pipeline, not a repro of each part
+        if not stale:
+            print("trained 0, restored 0 from cache, failed 0: every stage is up to date", flush=True)
+            return _pruned(repo)
     if missing := missing_data():
         print(f"error: {missing}", file=sys.stderr)
         return 2
@@ -332,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     return _pruned()
 
 
-def _pruned() -> int:
-    if stale := prune_lock():
+def _pruned(repo: Any = None) -> int:
+    if stale := prune_lock(repo=repo):
         print(f"repro: dvc.lock: dropped {len(stale)} stages dvc.yaml no longer has", flush=True)
     return 0
 
@@ -352,14 +375,6 @@ def missing_data() -> str | None:
         return None
     what = "a folder with one subfolder per class" if data.dataset == "images" else f"a {data.dataset} file"
     return f"{PARAMS}: data.path: {data.path} does not exist; data.dataset {data.dataset} reads {what}"
-
-
-def pipeline_status() -> dict[str, Any]:
-    """The stages whose deps, params or outputs differ from what dvc.lock records (`dvc status`)."""
-    from dvc.repo import Repo
-
-    with Repo() as repo:
-        return repo.status()
 
 
 def missing_deps(status: dict[str, Any]) -> list[str]:
