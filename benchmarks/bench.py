@@ -678,7 +678,9 @@ def markdown(result: dict[str, Any]) -> str:
         ),
         "",
         "Per stage: peak resident memory (the largest over cells and runs) and the seconds its"
-        " code ran after Python started (median over cells and runs; DVC's own work comes on top):",
+        " code ran after Python started (median over cells and runs; DVC's own work comes on top)."
+        " Cells and the stages after the grid run on warm workers, so theirs are a worker's:"
+        " memory includes TensorFlow and MLflow, loaded once for all of them.",
         "",
         "| stage | peak RSS (MiB) | seconds |",
         "|---|---|---|",
@@ -753,9 +755,10 @@ def where_the_time_goes(result: dict[str, Any]) -> list[str]:
         f"- **Pipeline.** A train cell took {train_cell:.1f} s on a warm worker (median), of which"
         f" {p['overhead']['median']:.2f} s was not training. Importing Keras/TensorFlow"
         f" ({imports['keras']:.1f} s), importing MLflow ({ml['import']:.1f} s) and opening the"
-        f" SQLite store ({ml['open_store']:.1f} s) are paid once per worker, not per cell;"
-        " evaluate, plot and report still pay them once each, and DVC's own work (the stages"
-        " before the grid, recording each cell, the no-op checks) comes on top.",
+        f" SQLite store ({ml['open_store']:.1f} s) are paid once per worker, not per cell, while"
+        " validate, fetch and preprocess run; evaluate, plot and report then run on a warm worker"
+        " too, one after the other. DVC's own work (the stages before the grid, recording each"
+        " cell and stage, the no-op checks) comes on top.",
     ]
 
 

@@ -135,16 +135,19 @@ def train_cell(cell: Cell, root: Path | None = None) -> Outcome:
         return Outcome(cell, "failed", time.perf_counter() - started, error=f"{exc!r}\n{detail}")
     finally:
         _reset_keras()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if not cell.is_cell:
-        return Outcome(cell, "done", time.perf_counter() - started, output=printed.getvalue())
+        seconds, output = time.perf_counter() - started, printed.getvalue()
+        return Outcome(cell, "done", seconds, output=output, worker=worker, peak_rss_mib=peak_rss_mib)
     return Outcome(
         cell,
         "trained",
         time.perf_counter() - started,
         train_seconds=summary["train_seconds"],
         val_accuracy=summary["val_accuracy"],
-        worker=f"{socket.gethostname()}:{os.getpid()}",
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        worker=worker,
+        peak_rss_mib=peak_rss_mib,
     )
 
 
