@@ -685,7 +685,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| stage | peak RSS (MiB) | seconds |",
         "|---|---|---|",
         *(
-            f"| {stage} | {mib:.0f} | {p['stage_seconds'][stage]:.1f} |"
+            f"| {stage} | {f'{mib:.0f}' if mib else 'not recorded'} | {p['stage_seconds'][stage]:.1f} |"
             for stage, mib in p["peak_rss_mib"].items()
         ),
         "",
