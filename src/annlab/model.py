@@ -208,9 +208,13 @@ PREDICT_BATCH = 32  # Keras' `predict` default
 
 
 def probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """The model's outputs for `x`: Keras' `predict`, bit for bit (the same batches of 32, the
-    same ops), without its traced predict function and tf.data pipeline, which cost 0.3 s per
-    model loaded, ten times the digits test set's own prediction (evaluate loads one a run)."""
+    """The model's outputs for `x`, in Keras' `predict`'s batches of 32, each a plain (eager)
+    call of the model: no traced predict function and tf.data pipeline, which cost 0.3 s per
+    model loaded, ten times the digits test set's own prediction (evaluate loads one a run).
+
+    Eager ops are not fused as `predict`'s graph fuses them, so the last bits can differ from
+    `predict`'s (test losses moved by 1e-9, relative, on digits); evaluate, `annlab predict`
+    and the served model all call this, so they agree exactly with each other."""
     x = np.asarray(x)
     if np.issubdtype(x.dtype, np.floating):
         x = x.astype(keras.backend.floatx(), copy=False)  # as Keras' data adapter casts it

@@ -107,7 +107,7 @@ class Predictor:
         """Each input's class probabilities, columns in `class_names` order."""
         from annlab.model import probabilities
 
-        # As evaluate predicts (same call, same batches): the same inputs give the same bits.
+        # As evaluate predicts (the same call): the same inputs give the same bits.
         return probabilities(self.model, self.prepare(x))
 
     def predict(self, x: Any) -> pd.DataFrame:
