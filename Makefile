@@ -63,7 +63,7 @@ sync: venv ## Upload to MLflow the runs it lacks (trained with ANNLAB_OFFLINE=1 
 bench: venv ## Benchmark annlab beside the tutorial's code (about 22 min); writes reports/benchmarks.md
 	python benchmarks/bench.py
 
-test: venv ## The full test suite, as CI runs it (end-to-end pipelines, servers, bench smoke: ~45 min)
+test: venv ## The full test suite, as CI runs it (end-to-end pipelines, servers, bench smoke: ~40 min)
 	python -m pytest
 
 test-fast: venv ## The quick loop (under 2 min): tests that run no pipeline, server or benchmark
