@@ -216,7 +216,7 @@ def test_workers_start_early_only_when_a_cell_may_train(monkeypatch: pytest.Monk
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # annlab's dvc.yaml
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert rp.upstream_stages() == {"validate", "fetch", "preprocess"}
+    assert rp.around_grid() == (["validate", "fetch", "preprocess"], ["evaluate", "plot", "report"])
     assert rp.early_workers("auto", 2, {"report": [], "plot": []}) is None
     assert rp.early_workers("dvc", 2, {"train@ann-adam-relu": []}) is None
     assert rp.early_workers("ray", 2, {"train@ann-adam-relu": []}) is None

@@ -148,13 +148,19 @@ class StopRequests:
                 signal.signal(sig, handler)
 
 
+def on_ray(kind: str) -> bool:
+    """Whether the executor `kind` runs the cells on Ray (`auto`: when RAY_ADDRESS is set)."""
+    return kind == "ray" or (kind == "auto" and bool(os.environ.get(RAY_ADDRESS_ENV, "").strip()))
+
+
 def make_executor(kind: str, jobs: int) -> Any:
     """The executor `kind` names (`auto`: Ray when RAY_ADDRESS is set, local processes otherwise)."""
     from annlab.executor import LocalExecutor, RayExecutor
 
-    address = os.environ.get(RAY_ADDRESS_ENV, "").strip()
-    if kind == "ray" or (kind == "auto" and address):
-        executor = RayExecutor(address or "auto", Path(DATA_DIR), Path(PARAMS))
+    if on_ray(kind):
+        executor = RayExecutor(
+            os.environ.get(RAY_ADDRESS_ENV, "").strip() or "auto", Path(DATA_DIR), Path(PARAMS)
+        )
         executor.connect()
         return executor
     return LocalExecutor(jobs)
@@ -259,9 +265,8 @@ def stages_after_are_stale() -> bool:
     """Whether DVC finds any stage after the grid out of date now."""
     from dvc.repo import Repo
 
-    order = pipeline_order()
     with Repo() as repo:
-        return bool(repo.status(targets=order[order.index(GRID_STAGE) + 1 :]))
+        return bool(repo.status(targets=around_grid()[1]))
 
 
 class StagesAfter:
@@ -277,8 +282,7 @@ class StagesAfter:
         self.repo, self.stop = repo, stop
         self.failed = failed  # how many cells or stages failed or were interrupted so far
         self.pending: list[Cell] = []
-        order = pipeline_order()
-        for name in order[order.index(GRID_STAGE) + 1 :]:
+        for name in around_grid()[1]:
             found = repo.stage.collect(name)
             job = stage_from_command(name, found[0].cmd) if len(found) == 1 else None
             if job is None:
@@ -396,26 +400,24 @@ def early_workers(kind: str, jobs: int, stale: dict[str, Any]) -> Any:
     run on local workers, or when only stages after the grid are stale (no cell to train)."""
     from annlab.executor import LocalExecutor
 
-    if kind not in ("auto", "local") or (kind == "auto" and os.environ.get(RAY_ADDRESS_ENV, "").strip()):
+    if kind == "dvc" or on_ray(kind):
         return None
-    if not any(name.startswith(f"{GRID_STAGE}@") or name in upstream_stages() for name in stale):
+    before, _ = around_grid()
+    if not any(name.startswith(f"{GRID_STAGE}@") or name in before for name in stale):
         return None
     executor = LocalExecutor(jobs)
     executor.start()
     return executor
 
 
-def upstream_stages() -> set[str]:
-    """The stages dvc.yaml lists before the grid's."""
-    order = pipeline_order()
-    return set(order[: order.index(GRID_STAGE)])
-
-
-def pipeline_order() -> list[str]:
-    """The stages as dvc.yaml lists them (annlab's lists them in the order they run)."""
+def around_grid() -> tuple[list[str], list[str]]:
+    """The stages dvc.yaml lists before the grid's, and after it (annlab's lists them in the
+    order they run)."""
     import yaml
 
-    return list(yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"])
+    order = list(yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"])
+    at = order.index(GRID_STAGE)
+    return order[:at], order[at + 1 :]
 
 
 def has_grid(dvc_yaml: Path) -> bool:

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder: <cell>/curves.png, confusion_matrix.png")
     args = p.parse_args(argv)
     params = load_params(args.params)
+    import contextlib
     import multiprocessing
     import os
     import sys
@@ -99,15 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     # neither allowed nor safe: it draws in turn.
     forkable = not multiprocessing.current_process().daemon and "tensorflow" not in sys.modules
     jobs = min(n, os.cpu_count() or 1) if forkable else 1
-    with io.atomic_path(args.out) as out:
-        if jobs == 1:
-            lines = map(draw_cell, cells, [params] * n, histories, reports, [out] * n)
-            for line in lines:
-                print(line)
-            return
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            for line in pool.map(draw_cell, cells, [params] * n, histories, reports, [out] * n):
-                print(line)
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) if jobs > 1 else None
+    with io.atomic_path(args.out) as out, pool or contextlib.nullcontext():
+        draw = pool.map if pool else map
+        for line in draw(draw_cell, cells, [params] * n, histories, reports, [out] * n):
+            print(line)
 
 
 if __name__ == "__main__":
