@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,6 +191,47 @@ def test_passwords_are_masked_in_what_annlab_prints() -> None:
     with pytest.raises(UserError) as err:
         tracking.check_server(uri)
     assert "s3cret" not in str(err.value) and "annlab:***@127.0.0.1" in str(err.value)
+
+
+# A server that accepts connections at once but answers /health only after DELAY seconds.
+SLOW_SERVER = """
+import http.server, sys, time
+class Slow(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(float(sys.argv[2]))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"OK")
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Slow).serve_forever()
+"""
+
+
+@pytest.mark.slow
+def test_a_busy_server_is_waited_for_as_long_as_mlflow_waits_and_a_silent_one_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight pipelines logging at once on two cores kept a real server from answering within 5 s,
+    and the stage gave up on a server that was there (CI)."""
+    import socket
+
+    port = int(_dead_uri().rsplit(":", 1)[1])
+    server = subprocess.Popen([sys.executable, "-c", SLOW_SERVER, str(port), "6"])
+    try:
+        for _ in range(100):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        uri = f"http://127.0.0.1:{port}"
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+        assert tracking.unreachable(uri) is None  # 6 s: busy, not gone
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+        started = time.monotonic()
+        assert tracking.unreachable(uri) == "ReadTimeout"
+        assert time.monotonic() - started < 3
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_a_lost_server_is_reported_once_and_later_calls_are_skipped(

@@ -212,16 +212,20 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def unreachable(uri: str, timeout: float = 5.0) -> str | None:
+def unreachable(uri: str) -> str | None:
     """Why a tracking server cannot be reached (e.g. 'ConnectionError'), or None if it answers.
 
-    An HTTP answer counts as reachable (an auth error then comes from MLflow, with its own
-    message), except a gateway's 502, 503 or 504: a proxy answering for a server that is down.
+    Connecting gets 5 s. A server that accepted the connection is there but may be busy (eight
+    pipelines logging at once on two cores): its answer gets as long as MLflow's own requests
+    do ($MLFLOW_HTTP_REQUEST_TIMEOUT). An HTTP answer counts as reachable (an auth error then
+    comes from MLflow, with its own message), except a gateway's 502, 503 or 504: a proxy
+    answering for a server that is down.
     """
     import requests
 
+    read = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
     try:
-        answer = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+        answer = requests.get(f"{uri.rstrip('/')}/health", timeout=(5.0, read))
     except requests.RequestException as exc:
         return type(exc).__name__
     return f"HTTP {answer.status_code}" if answer.status_code in (502, 503, 504) else None
