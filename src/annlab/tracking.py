@@ -223,7 +223,8 @@ def unreachable(uri: str) -> str | None:
     """
     import requests
 
-    read = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    key = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+    read = float(os.environ.get(key) or HTTP_DEFAULTS[key])
     try:
         answer = requests.get(f"{uri.rstrip('/')}/health", timeout=(5.0, read))
     except requests.RequestException as exc:
