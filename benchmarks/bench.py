@@ -352,10 +352,10 @@ def bench_pipeline(
         _fresh(repo)
         _set_params(repo, {"grid.seeds": seeds})
         serial_file = tmp / "serial.jsonl"
-        seconds = _make_repro(repo, {**env, "ANNLAB_STAGE_STATS": str(serial_file)}, 1)
+        serial_seconds = _make_repro(repo, {**env, "ANNLAB_STAGE_STATS": str(serial_file)}, 1)
         _set_params(repo, {"grid.seeds": None})
         memory = _worker_memory(_cell_stats(serial_file), len(seeds))
-        one_worker = {"seeds": len(seeds), "seconds": seconds, "workers": memory}
+        one_worker = {"seeds": len(seeds), "seconds": serial_seconds, "workers": memory}
     return {
         "cells": n_cells,
         "stages": n_stages,
