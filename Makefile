@@ -60,7 +60,7 @@ sweep: venv ## Queue one experiment per value of SET (key=v1,v2), run JOBS at a 
 sync: venv ## Upload to MLflow the runs it lacks (trained with ANNLAB_OFFLINE=1 or while the server was down)
 	annlab sync
 
-bench: venv ## Benchmark annlab beside the tutorial's code (about 22 min); writes reports/benchmarks.md
+bench: venv ## Benchmark annlab beside the tutorial's code (about 23 min); writes reports/benchmarks.md
 	python benchmarks/bench.py
 
 test: venv ## The full test suite, as CI runs it (end-to-end pipelines, servers, bench smoke: ~40 min)
