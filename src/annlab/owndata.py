@@ -295,10 +295,10 @@ def read_images(data: DataParams) -> OwnData:
         if not files:
             raise DataError(f"{folder}: class {folder.name!r} holds no images (PNG or JPEG)")
         for file in files:
-            pixels = load_image(file, mode, data.image_size)  # resized to image_size, if set
-            if not data.image_size and first is None:
+            pixels = load_image(file, mode, data.image_size)  # with image_size, all of that size
+            if first is None:
                 first = (file, pixels.size)
-            elif not data.image_size and pixels.size != first[1]:
+            elif pixels.size != first[1]:
                 (w0, h0), (w, h) = first[1], pixels.size
                 raise DataError(
                     f"{file}: {h}x{w} pixels (height x width), but {first[0]} is {h0}x{w0}; images "

@@ -158,9 +158,8 @@ def make_executor(kind: str, jobs: int) -> Any:
     from annlab.executor import LocalExecutor, RayExecutor
 
     if on_ray(kind):
-        executor = RayExecutor(
-            os.environ.get(RAY_ADDRESS_ENV, "").strip() or "auto", Path(DATA_DIR), Path(PARAMS)
-        )
+        address = os.environ.get(RAY_ADDRESS_ENV, "").strip() or "auto"
+        executor = RayExecutor(address, Path(DATA_DIR), Path(PARAMS))
         executor.connect()
         return executor
     return LocalExecutor(jobs)
