@@ -79,3 +79,23 @@ def test_a_failed_repro_leaves_dvc_lock_alone(tmp_path: Path) -> None:
     assert failed.returncode != 0
     assert "cell@b" in _locked(repo)
     assert "dropped" not in failed.stdout
+
+
+@pytest.mark.slow
+def test_a_no_op_on_annlabs_pipeline_still_prunes_what_a_bare_dvc_repro_left(tmp_path: Path) -> None:
+    """The no-op path (one `status`, its index reused for the pruning) on a pipeline shaped as
+    annlab's: a `preprocess` stage, then the `train` grid."""
+    repo = _repo(tmp_path, ["a", "b", "c"])
+    upstream = "  preprocess:\n    cmd: cp input.txt seen.txt\n    deps: [input.txt]\n    outs: [seen.txt]\n"
+    grid = DVC_YAML.replace("  cell:\n", "  train:\n").replace("- input.txt", "- seen.txt")
+    (repo / "dvc.yaml").write_text(grid.replace("stages:\n", "stages:\n" + upstream))
+    dvc(repo, "repro", store=None)
+    _cells(repo, ["a"])
+    dvc(repo, "repro", store=None)  # DVC keeps the entries of train@b and train@c
+    assert _locked(repo) == ["preprocess", "train@a", "train@b", "train@c"]
+
+    noop = repro(repo, 1, store=None)
+    assert "every stage is up to date" in noop.stdout
+    assert "dropped 2 stages" in noop.stdout
+    assert _locked(repo) == ["preprocess", "train@a"]
+    assert json.loads(dvc(repo, "status", "--json", store=None).stdout) == {}

@@ -41,8 +41,9 @@ def lanes(stages: list[str], jobs: int) -> list[list[str]]:
     return [lane for lane in (stages[i::jobs] for i in range(jobs)) if lane]
 
 
-def prune_lock(repo_dir: str | Path = ".", repo: Any = None) -> list[str]:
-    """Drop from dvc.lock the stages that dvc.yaml no longer defines; their names.
+def prune_lock(repo_dir: str | Path = ".", repo: Any = None, index: Any = None) -> list[str]:
+    """Drop from dvc.lock the stages that dvc.yaml no longer defines; their names. `index`: the
+    repository's DVC index if the caller has it (building it again costs a tenth of a second).
 
     DVC keeps a stage's entry after the stage leaves dvc.yaml (a grid cell when the grid
     shrinks, every cell of an architecture tried once) and parses them all on every
@@ -63,7 +64,8 @@ def prune_lock(repo_dir: str | Path = ".", repo: Any = None) -> list[str]:
         path = root / "dvc.lock"
         if not path.exists():
             return []
-        live = {stage.name for stage in repo.index.stages if Path(stage.dvcfile.path) == root / "dvc.yaml"}
+        stages = (index or repo.index).stages
+        live = {stage.name for stage in stages if Path(stage.dvcfile.path) == root / "dvc.yaml"}
         # A fast read first: the round trip that keeps DVC's layout is for when there is work.
         names = (yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader) or {}).get("stages", {})
         if all(name in live for name in names):
@@ -319,19 +321,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: expected 1 or more")
 
-    from dvc.cli import main as dvc
-
     from annlab.errors import UserError
 
     if not has_grid(Path("dvc.yaml")):  # not annlab's pipeline: nothing for an executor
         return dvc(["repro"]) or _pruned()
-    from dvc.repo import Repo
+    from dvc.repo import Repo, lock_repo
 
     with Repo() as repo:
-        stale = repo.status()  # one status for the whole pipeline, not a repro of each part
+        # One status for the whole pipeline, not a repro of each part. Under one lock, so that
+        # the index it builds stays for prune_lock: DVC drops it as it unlocks.
+        with lock_repo(repo):
+            stale = repo.status()
+            index = repo.index
         if not stale:
             print("trained 0, restored 0 from cache, failed 0: every stage is up to date", flush=True)
-            return _pruned(repo)
+            return _pruned(repo, index)
     if missing := missing_data():
         print(f"error: {missing}", file=sys.stderr)
         return 2
@@ -358,8 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     return _pruned()
 
 
-def _pruned(repo: Any = None) -> int:
-    if stale := prune_lock(repo=repo):
+def dvc(argv: list[str]) -> int:
+    """DVC's command line, in this process (imported when needed: a no-op never is)."""
+    from dvc.cli import main
+
+    return main(argv)
+
+
+def _pruned(repo: Any = None, index: Any = None) -> int:
+    if stale := prune_lock(repo=repo, index=index):
         print(f"repro: dvc.lock: dropped {len(stale)} stages dvc.yaml no longer has", flush=True)
     return 0
 
@@ -414,7 +425,7 @@ def around_grid() -> tuple[list[str], list[str]]:
     order they run)."""
     import yaml
 
-    order = list(yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"])
+    order = list(yaml.load(Path("dvc.yaml").read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)["stages"])
     at = order.index(GRID_STAGE)
     return order[:at], order[at + 1 :]
 
@@ -424,7 +435,7 @@ def has_grid(dvc_yaml: Path) -> bool:
     import yaml
 
     try:
-        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")).get("stages", {})
+        stages = yaml.load(dvc_yaml.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader).get("stages", {})
     except (OSError, AttributeError, yaml.YAMLError):
         return False
     return GRID_STAGE in stages and UPSTREAM in stages
