@@ -210,8 +210,9 @@ def test_only_a_missing_dependency_stops_the_stages_after_the_grid_on_a_worker()
 
 def test_workers_start_early_only_when_a_cell_may_train(monkeypatch: pytest.MonkeyPatch) -> None:
     """`make repro` starts its local workers before the stages upstream of the grid (their imports
-    overlap that work) when a cell or an upstream stage is stale; not for Ray, the cold `dvc`
-    executor, or when only stages after the grid are; unused, they are stopped at once."""
+    overlap that work) when a cell or an upstream stage is stale: JOBS of them, or one with Ray
+    (for the stages after the grid); none for the cold `dvc` executor, or when only stages after
+    the grid are; unused, they are stopped at once."""
     from annlab import repro as rp
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # annlab's dvc.yaml
@@ -219,14 +220,18 @@ def test_workers_start_early_only_when_a_cell_may_train(monkeypatch: pytest.Monk
     assert rp.around_grid() == (["validate", "fetch", "preprocess"], ["evaluate", "plot", "report"])
     assert rp.early_workers("auto", 2, {"report": [], "plot": []}) is None
     assert rp.early_workers("dvc", 2, {"train@ann-adam-relu": []}) is None
-    assert rp.early_workers("ray", 2, {"train@ann-adam-relu": []}) is None
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
-    assert rp.early_workers("auto", 2, {"preprocess": []}) is None
-    monkeypatch.delenv("RAY_ADDRESS")
-    for stale in ({"preprocess": []}, {"train@ann-adam-relu": [], "report": []}):
-        workers = rp.early_workers("auto", 2, stale)
+    assert rp.early_workers("ray", 2, {"report": []}) is None
+    cases = [  # RAY_ADDRESS, executor, stale stages, workers started
+        ("", "auto", {"preprocess": []}, 2),
+        ("", "auto", {"train@ann-adam-relu": [], "report": []}, 2),
+        ("", "ray", {"train@ann-adam-relu": []}, 1),
+        ("127.0.0.1:1", "auto", {"preprocess": []}, 1),
+    ]
+    for address, kind, stale, expected in cases:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        workers = rp.early_workers(kind, 2, stale)
         try:
-            assert workers is not None and len(workers.workers) == 2
+            assert workers is not None and len(workers.workers) == expected
             processes = [w.process for w in workers.workers]
             assert all(p.is_alive() for p in processes)
         finally:
@@ -482,6 +487,9 @@ def test_a_ray_cluster_gives_the_local_bits_and_one_mlflow_run_per_cell(
     out, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, out
     assert f"executor: ray at {ray_head}, 2 CPUs" in out
+    # the stages after the grid write this workspace: a local worker, warm by then, runs them
+    for stage in ("evaluate", "plot", "report"):
+        assert f"Running stage '{stage}' on a warm worker" in out
     assert _summary(out) == (4, 0, 0)
     assert _results(tmp_path) == _results(grids["cold"])
     assert _lock_entries(tmp_path) == _lock_entries(grids["cold"])

@@ -5,7 +5,7 @@ After the stages upstream of the grid, each stale cell is first looked up in DVC
 (`annlab.executor`): warm local worker processes, or a Ray cluster when RAY_ADDRESS is set.
 Local workers start before the upstream stages run, so that their imports overlap them, and
 once the cells are done one of them runs the stale stages after the grid (evaluate, plot,
-report). Each finished cell or stage is recorded as `dvc commit` records it (dvc.lock, the
+report); with Ray, one local worker is started for those stages alone. Each finished cell or stage is recorded as `dvc commit` records it (dvc.lock, the
 cache and the run cache), so DVC stays the source of truth: a last `dvc repro` runs what is
 left, if anything. `--executor dvc` deals the cells to JOBS cold `dvc repro` processes
 instead, as before the executor.
@@ -200,7 +200,8 @@ def run_cells(kind: str, jobs: int, warm: Any = None) -> int:
     """Restore or train the stale cells, recording each with DVC; 0, 1 (a cell or stage
     failed) or 130. Then, on a local worker still warm, the stale stages after the grid.
 
-    `warm`: local workers `early_workers` started; closed unused if nothing is left to run."""
+    `warm`: local workers `early_workers` started (on Ray, the one for the stages after the
+    grid); closed unused if nothing is left to run."""
     from dvc.repo import Repo
 
     with Repo() as repo:
@@ -220,13 +221,17 @@ def run_cells(kind: str, jobs: int, warm: Any = None) -> int:
     stages = {"failed": 0, "interrupted": 0}  # of those after the grid
     if todo or warm is not None:
         stop = StopRequests()
-        executor = warm or make_executor(kind, min(jobs, len(todo)))
-        print(executor.describe(), flush=True)
+        if on_ray(kind):  # the cells on the cluster, the stages after them on the local worker
+            cells_on = make_executor(kind, len(todo)) if todo else None
+        else:
+            cells_on = warm = warm or make_executor(kind, min(jobs, len(todo)))
+        if cells_on is not None:
+            print(cells_on.describe(), flush=True)
         with stop.installed(), Repo() as repo:
             after = StagesAfter(
                 repo, lambda: counts["failed"] + counts["interrupted"] + sum(stages.values()), stop
             )
-            for outcome in executor.run(todo, stop, after):
+            for outcome in _outcomes(cells_on, warm, todo, stop, after):
                 if not outcome.cell.is_cell:
                     if outcome.status == "done":
                         commit_cell(repo, outcome.cell.stage)
@@ -260,6 +265,20 @@ def run_cells(kind: str, jobs: int, warm: Any = None) -> int:
     if counts["interrupted"] or stages["interrupted"]:
         return 130
     return 1 if counts["failed"] or stages["failed"] else 0
+
+
+def _outcomes(
+    cells_on: Any, after_on: Any, todo: list[Cell], stop: StopRequests, after: Any
+) -> Iterator[Outcome]:
+    """What becomes of each cell on `cells_on`, then of each stage after the grid on `after_on`
+    (local workers: often the same executor, which goes from one to the other warm)."""
+    if cells_on is not None and cells_on is after_on:
+        yield from cells_on.run(todo, stop, after)
+        return
+    if cells_on is not None:
+        yield from cells_on.run(todo, stop)
+    if after_on is not None:
+        yield from after_on.run([], stop, after)
 
 
 def stages_after_are_stale() -> bool:
@@ -406,16 +425,18 @@ def missing_deps(status: dict[str, Any]) -> list[str]:
 
 def early_workers(kind: str, jobs: int, stale: dict[str, Any]) -> Any:
     """Local workers started before the stages upstream of the grid run, so that their imports
-    (TensorFlow, MLflow: several seconds) overlap those stages' work; None when the cells do not
-    run on local workers, or when only stages after the grid are stale (no cell to train)."""
+    (TensorFlow, MLflow: several seconds) overlap those stages' work: JOBS of them, or with Ray
+    one, for the stages after the grid (they write this workspace and its MLflow store, which
+    the cluster cannot reach). None for the cold `dvc` executor, or when only stages after the
+    grid are stale (no cell to train: a worker's imports would cost what a cold stage's do)."""
     from annlab.executor import LocalExecutor
 
-    if kind == "dvc" or on_ray(kind):
+    if kind == "dvc":
         return None
     before, _ = around_grid()
     if not any(name.startswith(f"{GRID_STAGE}@") or name in before for name in stale):
         return None
-    executor = LocalExecutor(jobs)
+    executor = LocalExecutor(1 if on_ray(kind) else jobs)
     executor.start()
     return executor
 
