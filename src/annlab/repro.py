@@ -5,10 +5,10 @@ After the stages upstream of the grid, each stale cell is first looked up in DVC
 (`annlab.executor`): warm local worker processes, or a Ray cluster when RAY_ADDRESS is set.
 Local workers start before the upstream stages run, so that their imports overlap them, and
 once the cells are done one of them runs the stale stages after the grid (evaluate, plot,
-report); with Ray, one local worker is started for those stages alone. Each finished cell or stage is recorded as `dvc commit` records it (dvc.lock, the
-cache and the run cache), so DVC stays the source of truth: a last `dvc repro` runs what is
-left, if anything. `--executor dvc` deals the cells to JOBS cold `dvc repro` processes
-instead, as before the executor.
+report); with Ray, one local worker is started for those stages alone. Each finished cell or
+stage is recorded as `dvc commit` records it (dvc.lock, the cache and the run cache), so DVC
+stays the source of truth: a last `dvc repro` runs what is left, if anything. `--executor dvc`
+deals the cells to JOBS cold `dvc repro` processes instead, as before the executor.
 
 Last, dvc.lock loses the entries of stages that dvc.yaml no longer has (see `prune_lock`).
 """
