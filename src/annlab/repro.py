@@ -51,7 +51,6 @@ def prune_lock(repo_dir: str | Path = ".", repo: Any = None, index: Any = None) 
     third more work. They describe no output in the workspace; should the stage come back, DVC
     restores its outputs from its run cache without running it, as it would have with the entry.
     """
-    import yaml
     from dvc.repo import Repo
     from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
 
@@ -67,7 +66,7 @@ def prune_lock(repo_dir: str | Path = ".", repo: Any = None, index: Any = None) 
         stages = (index or repo.index).stages
         live = {stage.name for stage in stages if Path(stage.dvcfile.path) == root / "dvc.yaml"}
         # A fast read first: the round trip that keeps DVC's layout is for when there is work.
-        names = (yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader) or {}).get("stages", {})
+        names = (_read_yaml(path) or {}).get("stages", {})
         if all(name in live for name in names):
             return []
         with repo.lock:
@@ -444,11 +443,17 @@ def early_workers(kind: str, jobs: int, stale: dict[str, Any]) -> Any:
 def around_grid() -> tuple[list[str], list[str]]:
     """The stages dvc.yaml lists before the grid's, and after it (annlab's lists them in the
     order they run)."""
-    import yaml
-
-    order = list(yaml.load(Path("dvc.yaml").read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)["stages"])
+    order = list(_read_yaml(Path("dvc.yaml"))["stages"])
     at = order.index(GRID_STAGE)
     return order[:at], order[at + 1 :]
+
+
+def _read_yaml(path: Path) -> Any:
+    """A YAML file as plain data, with PyYAML's C loader (dvc.lock is tens of KB, read on every
+    `make repro`)."""
+    import yaml
+
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)
 
 
 def has_grid(dvc_yaml: Path) -> bool:
@@ -456,7 +461,7 @@ def has_grid(dvc_yaml: Path) -> bool:
     import yaml
 
     try:
-        stages = yaml.load(dvc_yaml.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader).get("stages", {})
+        stages = _read_yaml(dvc_yaml).get("stages", {})
     except (OSError, AttributeError, yaml.YAMLError):
         return False
     return GRID_STAGE in stages and UPSTREAM in stages
