@@ -10,6 +10,10 @@ MODEL ?= models:/annlab@champion
 # Grid cells trained at once by `make repro` (warm local workers), experiments at once by
 # `make sweep`: one per core.
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# pytest-xdist workers for `make test`: a test mostly waits on one subprocess at a time (a
+# cold stage, a server), so one worker per core keeps the cores busy. Each test file stays on
+# one worker (--dist loadfile), so a module's shared fixture (a trained grid) is built once.
+TEST_JOBS ?= $(JOBS)
 # Where `make repro` trains the stale cells: auto (a Ray cluster when RAY_ADDRESS is set, else
 # JOBS local workers), local, ray, or dvc (JOBS cold `dvc repro` processes).
 EXECUTOR ?= auto
@@ -63,11 +67,11 @@ sync: venv ## Upload to MLflow the runs it lacks (trained with ANNLAB_OFFLINE=1 
 bench: venv ## Benchmark annlab beside the tutorial's code (about 23 min); writes reports/benchmarks.md
 	python benchmarks/bench.py
 
-test: venv ## The full test suite, as CI runs it (end-to-end pipelines, servers, bench smoke: ~40 min)
-	python -m pytest
+test: venv ## The full test suite, as CI runs it (end-to-end pipelines, servers, bench smoke): TEST_JOBS workers
+	python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 test-fast: venv ## The quick loop (under 2 min): tests that run no pipeline, server or benchmark
-	python -m pytest -m "not slow"
+	python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow"
 
 lint: venv ## Check style with ruff
 	ruff check src tests benchmarks && ruff format --check src tests benchmarks

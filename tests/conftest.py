@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,6 +107,16 @@ def processed_blobs(directory: Path, *, scale: float = 1.0, n_train: int = 90) -
     # The arrays are the inputs as they are: an identity scaler.
     identity = {"kind": "none", "shift": [0.0] * 8, "scale": [1.0] * 8}
     io.write_json(directory / "preprocessing.json", {"kind": "array", "scaler": identity})
+
+
+@contextlib.contextmanager
+def one_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Held while a test's own Ray head runs. `make test` runs tests on several workers
+    (pytest-xdist); two Ray clusters on one machine would share Ray's default ports (the
+    dashboard agent's 52365, the workers' 10002-19999) and its /tmp/ray sessions."""
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every worker of a run
+    with FileLock(shared / "ray-cluster.lock"):
+        yield
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, one_ray_cluster
 
 # TensorFlow's x86-64 Linux builds rewrite matmuls to oneDNN's (TF_ENABLE_ONEDNN_OPTS=1 makes sure)
 ONEDNN = sys.platform == "linux" and platform.machine() == "x86_64"
@@ -73,14 +73,17 @@ def test_the_training_verdict_says_when_the_math_differs_at_one_seed() -> None:
 
 
 @pytest.mark.slow
-def test_the_benchmark_runs_and_reports_every_part(tmp_path: Path) -> None:
+def test_the_benchmark_runs_and_reports_every_part(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     out = tmp_path / "benchmarks.md"
-    subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/bench.py"), "--smoke", "--out", str(out)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    with one_ray_cluster(tmp_path_factory):  # the bench starts a Ray head of its own
+        subprocess.run(
+            [sys.executable, str(REPO / "benchmarks/bench.py"), "--smoke", "--out", str(out)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     text = out.read_text()
     result = json.loads(out.with_suffix(".json").read_text())
     training = result["training"]
