@@ -109,6 +109,26 @@ def processed_blobs(directory: Path, *, scale: float = 1.0, n_train: int = 90) -
     io.write_json(directory / "preprocessing.json", {"kind": "array", "scaler": identity})
 
 
+# `make test` runs the tests on pytest-xdist workers with `--dist loadfile`: each file whole on
+# one worker, so a module fixture (a trained grid) is built once. These files share no fixture
+# between their tests, and some of those take minutes: their tests are dealt out one by one.
+SPREAD_FILES = {"tests/test_faults.py"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, but with the tests of SPREAD_FILES each a unit of its own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ByFile(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path in SPREAD_FILES else path
+
+    return ByFile(config, log)
+
+
 @contextlib.contextmanager
 def one_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Held while a test's own Ray head runs. `make test` runs tests on several workers
