@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -484,10 +485,14 @@ def test_a_ray_cluster_gives_the_local_bits_and_one_mlflow_run_per_cell(
     ray_head: str, grids: dict, tmp_path: Path
 ) -> None:
     small_repo(tmp_path, _small())
+    scratch = Path(tempfile.gettempdir())  # the Ray workers', whose environment is this one's
+    before = set(scratch.glob("annlab-data-*"))
     driver = _popen(tmp_path, env=_ray_env(ray_head))
     out, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, out
     assert f"executor: ray at {ray_head}, 2 CPUs" in out
+    # each worker's copy of the grid's data goes with the worker (Ray ends them with the driver)
+    _wait_for(lambda: set(scratch.glob("annlab-data-*")) <= before, "the workers' data copies removed", 60)
     # the stages after the grid write this workspace: a local worker, warm by then, runs them
     for stage in ("evaluate", "plot", "report"):
         assert f"Running stage '{stage}' on a warm worker" in out

@@ -447,7 +447,28 @@ def _ray_versions() -> dict[str, str]:
     return environment_versions()
 
 
-_DATA_DIRS: dict[str, Path] = {}  # per Ray worker process: the grid's data, written once
+_GRID_DATA: dict[str, Path] = {}  # this Ray worker process's copy of the grid's data, by digest
+
+
+def _grid_data(data: dict[str, bytes], digest: str) -> Path:
+    """This worker's copy of the grid's data: written by its first cell of the grid, then
+    shared by its next ones. An earlier grid's copy is deleted, and the last one when the
+    worker exits (Ray gives a GPU task a fresh worker each time: its copy goes with it)."""
+    import atexit
+    import shutil
+
+    if digest not in _GRID_DATA:
+        if not _GRID_DATA:  # this worker's first grid
+            atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in _GRID_DATA.values()])
+        for old in _GRID_DATA.values():
+            shutil.rmtree(old, ignore_errors=True)
+        _GRID_DATA.clear()
+        root = Path(tempfile.mkdtemp(prefix="annlab-data-"))
+        for rel, blob in data.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(blob)
+        _GRID_DATA[digest] = root
+    return _GRID_DATA[digest]
 
 
 def _ray_train(cell: Cell, params_text: str, data: dict[str, bytes], digest: str) -> Outcome:
@@ -455,19 +476,14 @@ def _ray_train(cell: Cell, params_text: str, data: dict[str, bytes], digest: str
     from annlab import tracking
 
     os.environ[tracking.OFFLINE_ENV] = "1"  # the driver's report stage logs it from the outputs
-    if digest not in _DATA_DIRS:
-        warm_up()
-        root = Path(tempfile.mkdtemp(prefix="annlab-data-"))
-        for rel, blob in data.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_bytes(blob)
-        _DATA_DIRS[digest] = root
+    warm_up()  # imports and thread pools on this worker's first cell; nothing after
+    root = _grid_data(data, digest)
     with tempfile.TemporaryDirectory(prefix="annlab-cell-") as tmp:
         work = Path(tmp)
         (work / "params.yaml").write_text(params_text, encoding="utf-8")
         data_arg = cell.arg("--data")
         (work / data_arg).parent.mkdir(parents=True, exist_ok=True)
-        (work / data_arg).symlink_to(_DATA_DIRS[digest], target_is_directory=True)
+        (work / data_arg).symlink_to(root, target_is_directory=True)
         outcome = train_cell(cell, work)
         if outcome.status == "trained":
             for out in cell.outputs:
