@@ -22,6 +22,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from annlab import executor
 from annlab.errors import UserError
 from annlab.executor import cell_from_command, ray_resources, version_mismatch
 from conftest import dvc, one_ray_cluster, repro, small_repo
@@ -419,6 +420,32 @@ def test_ctrl_c_stops_the_workers_keeps_finished_cells_and_the_next_run_trains_t
     assert _status(tmp_path) == {}
 
 
+def test_a_ray_workers_data_copy_replaces_its_last_one_and_those_of_ended_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's temporary directory
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    old = "0123456789abcdef"
+    left = {
+        "mine": f"annlab-data-{os.getpid()}-{old}",  # this worker's copy of an earlier grid
+        "ended": f"annlab-data-{ended.pid}-{old}",
+        "half-written": f".annlab-data-{ended.pid}-{old}.x1y2",
+        "running": f"annlab-data-{os.getppid()}-{old}",  # another worker's, still in use
+        "not ours": "annlab-data-notes",
+    }
+    for name in left.values():
+        (tmp_path / name).mkdir()
+    digest = "f" * 64
+    root = executor._grid_data({"x.npy": b"12", "seed-1/y.npy": b"3"}, digest)
+    assert root == tmp_path / f"annlab-data-{os.getpid()}-{digest[:16]}"
+    assert (root / "x.npy").read_bytes() == b"12" and (root / "seed-1/y.npy").read_bytes() == b"3"
+    kept = [root.name, left["running"], left["not ours"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    # the worker's next cell of the grid reads the same copy, without writing it again
+    assert executor._grid_data({}, digest) == root and (root / "x.npy").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # A real Ray cluster
 
@@ -485,14 +512,10 @@ def test_a_ray_cluster_gives_the_local_bits_and_one_mlflow_run_per_cell(
     ray_head: str, grids: dict, tmp_path: Path
 ) -> None:
     small_repo(tmp_path, _small())
-    scratch = Path(tempfile.gettempdir())  # the Ray workers', whose environment is this one's
-    before = set(scratch.glob("annlab-data-*"))
     driver = _popen(tmp_path, env=_ray_env(ray_head))
     out, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, out
     assert f"executor: ray at {ray_head}, 2 CPUs" in out
-    # each worker's copy of the grid's data goes with the worker (Ray ends them with the driver)
-    _wait_for(lambda: set(scratch.glob("annlab-data-*")) <= before, "the workers' data copies removed", 60)
     # the stages after the grid write this workspace: a local worker, warm by then, runs them
     for stage in ("evaluate", "plot", "report"):
         assert f"Running stage '{stage}' on a warm worker" in out

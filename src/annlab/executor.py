@@ -447,28 +447,40 @@ def _ray_versions() -> dict[str, str]:
     return environment_versions()
 
 
-_GRID_DATA: dict[str, Path] = {}  # this Ray worker process's copy of the grid's data, by digest
+DATA_COPY = "annlab-data"  # a Ray worker's copy of the grid's data: <tmp>/annlab-data-<pid>-<digest>
 
 
 def _grid_data(data: dict[str, bytes], digest: str) -> Path:
-    """This worker's copy of the grid's data: written by its first cell of the grid, then
-    shared by its next ones. An earlier grid's copy is deleted, and the last one when the
-    worker exits (Ray gives a GPU task a fresh worker each time: its copy goes with it)."""
-    import atexit
+    """This worker's copy of the grid's data, in the node's temporary directory: written whole
+    by its first cell of the grid, then read by its next ones. Writing one deletes this
+    worker's copy of an earlier grid and the copies of workers that have ended: Ray ends a
+    job's workers, and a GPU task's, without running their exit handlers."""
     import shutil
 
-    if digest not in _GRID_DATA:
-        if not _GRID_DATA:  # this worker's first grid
-            atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in _GRID_DATA.values()])
-        for old in _GRID_DATA.values():
+    scratch = Path(tempfile.gettempdir())
+    root = scratch / f"{DATA_COPY}-{os.getpid()}-{digest[:16]}"
+    if root.is_dir():
+        return root
+    for old in [*scratch.glob(f"{DATA_COPY}-*-*"), *scratch.glob(f".{DATA_COPY}-*-*")]:  # and half-written
+        owner = old.name.split("-")[2]
+        if owner.isdigit() and (int(owner) == os.getpid() or not _running(int(owner))):
             shutil.rmtree(old, ignore_errors=True)
-        _GRID_DATA.clear()
-        root = Path(tempfile.mkdtemp(prefix="annlab-data-"))
-        for rel, blob in data.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_bytes(blob)
-        _GRID_DATA[digest] = root
-    return _GRID_DATA[digest]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=scratch))
+    for rel, blob in data.items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes(blob)
+    tmp.rename(root)  # whole or not at all
+    return root
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _ray_train(cell: Cell, params_text: str, data: dict[str, bytes], digest: str) -> Outcome:
