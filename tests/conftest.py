@@ -111,24 +111,15 @@ def processed_blobs(directory: Path, *, scale: float = 1.0, n_train: int = 90) -
 
 # `make test` runs the tests on pytest-xdist workers with `--dist loadfile`: each file whole on
 # one worker, so a module fixture (a trained grid) is built once. These files share no fixture
-# between their tests, and some of those take minutes: their tests are dealt out one by one,
-# first, so that the quicker files fill the workers around them rather than after them.
+# between their tests, and some of those take minutes: their tests are dealt out one by one.
 SPREAD_FILES = {"tests/test_faults.py"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """SPREAD_FILES' tests first (each worker collects, and sorts, the same list)."""
-    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in SPREAD_FILES)
-
-
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`--dist loadfile`, but with the tests of SPREAD_FILES each a unit of its own, and the
-    units in the order collected (not xdist's largest file first, which put them last)."""
+    """`--dist loadfile`, but with the tests of SPREAD_FILES each a unit of its own."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
-
-    config.option.loadscopereorder = False
 
     class ByFile(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
