@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from annlab import executor
 from annlab.errors import UserError
 from annlab.executor import cell_from_command, ray_resources, version_mismatch
-from conftest import dvc, one_ray_cluster, repro, small_repo
+from conftest import dvc, free_port, one_ray_cluster, repro, small_repo
 
 CELLS = ["ann-sgd-relu", "ann-sgd-tanh", "ann-adam-relu", "ann-adam-tanh"]
 SUMMARY = re.compile(r"^trained (\d+), restored (\d+) from cache, failed (\d+)", re.MULTILINE)
@@ -450,57 +449,57 @@ def test_a_ray_workers_data_copy_replaces_its_last_one_and_those_of_ended_worker
 # A real Ray cluster
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def ray_alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The machine's only Ray cluster while this module's runs (`one_ray_cluster`)."""
+    with one_ray_cluster(tmp_path_factory):
+        yield
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ray_head(ray_alone: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Ray head on 127.0.0.1 with 2 CPUs and no dashboard; its address."""
+    port = free_port()
     log = tmp_path_factory.mktemp("ray") / "head.log"
     env = {**os.environ, **RAY_LOOPBACK}
     ray = str(Path(sys.executable).parent / "ray")
-    with one_ray_cluster(tmp_path_factory):  # the machine's only Ray cluster while it runs
-        port = _free_port()
-        with log.open("w") as out:
-            head = subprocess.Popen(
-                [
-                    ray,
-                    "start",
-                    "--ray-client-server-port",
-                    str(_free_port()),
-                    "--head",
-                    "--node-ip-address",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--num-cpus",
-                    "2",
-                    "--include-dashboard",
-                    "false",
-                    "--disable-usage-stats",
-                    "--block",
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        address = f"127.0.0.1:{port}"
-        try:
-            _wait_for(
-                lambda: "Ray runtime started" in log.read_text() or head.poll() is not None, "ray start", 120
-            )
-            assert head.poll() is None, log.read_text()
-            yield address
-        finally:
-            os.killpg(head.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                head.wait(timeout=10)  # Ray drains for up to 30 s; nothing of this test's is left to drain
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, signal.SIGKILL)
+    with log.open("w") as out:
+        head = subprocess.Popen(
+            [
+                ray,
+                "start",
+                "--ray-client-server-port",
+                str(free_port()),
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num-cpus",
+                "2",
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+                "--block",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+        _wait_for(
+            lambda: "Ray runtime started" in log.read_text() or head.poll() is not None, "ray start", 120
+        )
+        assert head.poll() is None, log.read_text()
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=10)  # Ray drains for up to 30 s; nothing of this test's is left to drain
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 def _ray_env(address: str) -> dict[str, str]:

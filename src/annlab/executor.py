@@ -488,7 +488,7 @@ def _ray_train(cell: Cell, params_text: str, data: dict[str, bytes], digest: str
     from annlab import tracking
 
     os.environ[tracking.OFFLINE_ENV] = "1"  # the driver's report stage logs it from the outputs
-    warm_up()  # imports and thread pools on this worker's first cell; nothing after
+    warm_up()  # imports and thread pools on this worker's first cell; later cells find them done
     root = _grid_data(data, digest)
     with tempfile.TemporaryDirectory(prefix="annlab-cell-") as tmp:
         work = Path(tmp)
