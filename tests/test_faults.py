@@ -107,7 +107,10 @@ def test_an_unreachable_tracking_server_stops_the_stage_within_seconds(tmp_path:
 
 class Server:
     """A real `mlflow server` on a free loopback port, as `make server` starts it (SQLite
-    backend, artifacts proxied by the server); it can be stopped and started again."""
+    backend, artifacts proxied by the server, no GenAI job runner); it can be stopped and started
+    again. One web worker, not MLflow's four: beside the rest of the suite on two cores, four
+    workers and the job runner's eight processes, each importing MLflow, once took over 90 s to
+    answer."""
 
     def __init__(self, store: Path) -> None:
         self.store = store
@@ -121,18 +124,25 @@ class Server:
         argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
         argv += ["--port", self.uri.rsplit(":", 1)[1], "--serve-artifacts"]
         argv += ["--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}"]
-        argv += ["--artifacts-destination", str(self.store / "artifacts")]
-        self.proc = subprocess.Popen(
-            argv, cwd=self.store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        deadline = time.monotonic() + 90
+        argv += ["--artifacts-destination", str(self.store / "artifacts"), "--workers", "1"]
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = self.store / "server.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv, cwd=self.store, env=env, stdout=out, stderr=out, start_new_session=True
+            )
+        started = time.monotonic()
         while True:
             try:
                 if requests.get(f"{self.uri}/health", timeout=2).ok:
                     return
             except requests.RequestException:
                 pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            waited = time.monotonic() - started
+            assert self.proc.poll() is None and waited < 300, (
+                f"mlflow server did not answer in {waited:.0f} s (exit {self.proc.poll()}):\n"
+                + log.read_text(errors="replace")[-3000:]
+            )
             time.sleep(0.5)
 
     def stop(self) -> None:
