@@ -66,7 +66,7 @@ def test_an_interrupted_cell_writes_nothing_and_its_run_is_killed(
     for line in proc.stdout:  # Keras prints a line per epoch when not on a terminal
         if line.startswith("Epoch 3/"):
             break
-        assert time.monotonic() - started < 120, "training never started"
+        assert time.monotonic() - started < 300, "training never started"  # hang guard
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
 
@@ -311,7 +311,7 @@ def test_no_run_is_lost_to_a_server_that_is_down_and_sync_uploads_each_once(
     thread = threading.Thread(target=lambda: result.append(repro(repo, 1, server.uri, check=False)))
     thread.start()
     client = MlflowClient(server.uri)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a hang guard: a cold stage beside the rest of the suite
     while not _running_with_curves(client):
         assert thread.is_alive() and time.monotonic() < deadline, "the cell never started logging"
         time.sleep(0.3)

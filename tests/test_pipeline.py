@@ -421,7 +421,7 @@ def test_a_cell_killed_mid_training_is_trained_again_by_the_next_repro(pipeline:
     for line in proc.stdout:
         if line.startswith("Epoch 3/"):
             break
-        assert time.monotonic() - started < 120, "training never started"
+        assert time.monotonic() - started < 300, "training never started"  # hang guard
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     proc.communicate(timeout=120)
     assert proc.returncode != 0
