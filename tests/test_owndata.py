@@ -206,6 +206,15 @@ def test_a_missing_empty_or_unreadable_file(tmp_path: Path) -> None:
     assert "ragged.csv: not a well-formed CSV file" in refusal(table_params(tmp_path / "ragged.csv"))
 
 
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    rows = "".join(f"{i},{i * 2},{'ab'[i % 2]}\n" for i in range(12))
+    (tmp_path / "dup.csv").write_text("x,x,species\n" + rows)
+    message = refusal(table_params(tmp_path / "dup.csv"))
+    assert "dup.csv: the header names column 'x' 2 times (columns 1, 2)" in message
+    (tmp_path / "ok.csv").write_text("x,x.1,species\n" + rows)  # what pandas would have renamed it to
+    assert owndata.read(table_params(tmp_path / "ok.csv").data).numeric == ["x", "x.1"]
+
+
 def test_a_target_that_is_not_a_column_lists_the_columns(iris_csv: Path) -> None:
     message = refusal(table_params(iris_csv, target="specie"))
     assert "data.target names 'specie', which is not a column; did you mean 'species'?" in message

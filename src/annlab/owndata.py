@@ -189,7 +189,10 @@ def read_frame(path: Path, kind: str) -> pd.DataFrame:
         if kind == "csv":
             # Every cell as text: which columns are numbers is decided here, cell by cell, so a
             # stray word in a numeric column is found and named rather than silently kept.
-            return pd.read_csv(path, dtype=str, skipinitialspace=True, encoding="utf-8-sig")
+            options = {"dtype": str, "skipinitialspace": True, "encoding": "utf-8-sig"}
+            frame = pd.read_csv(path, **options)
+            _unique_header(path, pd.read_csv(path, header=None, nrows=1, **options).iloc[0].tolist())
+            return frame
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (a CSV file needs a header row and data rows)") from None
@@ -200,6 +203,21 @@ def read_frame(path: Path, kind: str) -> pd.DataFrame:
     except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
         what = "a Parquet file" if kind == "parquet" else "a readable CSV file"
         raise DataError(f"{path}: not {what}: {exc}") from None
+
+
+def _unique_header(path: Path, names: list[Any]) -> None:
+    """Refuse a CSV header naming a column twice: pandas would rename the copy (`x.1`), and the
+    served model would then ask its users for a column their files do not have."""
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(names, start=1):
+        if isinstance(name, str):
+            positions.setdefault(name, []).append(i)
+    for name, where in positions.items():
+        if len(where) > 1:
+            raise DataError(
+                f"{path}: the header names column {name!r} {len(where)} times (columns "
+                f"{', '.join(map(str, where))}); column names must be unique: rename or remove the copies"
+            )
 
 
 def _row_namer(kind: str) -> Any:
