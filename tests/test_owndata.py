@@ -157,6 +157,21 @@ def test_image_folders_read_pixels_exactly_with_folder_names_as_classes(rgb: boo
     assert np.bincount(data.labels).tolist() == [12] * 10
 
 
+def test_hidden_files_and_what_an_os_leaves_in_image_folders_are_not_samples(tmp_path: Path) -> None:
+    expected = digits_folder(tmp_path / "digits", per_class=3)
+    junk = ["two/Thumbs.db", "two/sub/desktop.ini", "five/.DS_Store", ".cache/x.png"]
+    junk.append("__MACOSX/two/._000.png")  # what macOS adds to a zip
+    for rel in junk:
+        (tmp_path / "digits" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "digits" / rel).write_bytes(b"no image")
+    params = parse_params({"data": {"dataset": "images", "path": str(tmp_path / "digits")}})
+    data = owndata.read(params.data)
+    assert len(data.class_names) == 10 and "__MACOSX" not in data.class_names
+    np.testing.assert_array_equal(data.x, expected)
+    (tmp_path / "digits" / "two" / "Thumbs.txt").write_bytes(b"no image")  # not the OS's: refused
+    assert "Thumbs.txt: not an image" in refusal(params)
+
+
 def test_image_size_resizes_images_of_any_size(tmp_path: Path) -> None:
     for name, size in (("a", (10, 6)), ("b", (7, 9)), ("b", (12, 12)), ("a", (5, 5))):
         folder = tmp_path / "imgs" / name
@@ -316,6 +331,11 @@ def test_an_npz_without_x_or_y_or_with_lengths_that_differ(tmp_path: Path) -> No
     x[7, 2] = np.nan
     assert "x[7] holds NaN" in refusal(npz("c.npz", x=x, y=np.arange(30) % 3))
     assert "pickled Python objects" in refusal(npz("d.npz", x=np.zeros((30, 4)), y=np.array([{}] * 30)))
+    onehot = np.eye(3)[np.arange(30) % 3]
+    assert "it looks one-hot encoded: save the class numbers instead, y.argmax(axis=1)" in refusal(
+        npz("e.npz", x=np.zeros((30, 4)), y=onehot)
+    )
+    assert "one-hot" not in refusal(npz("f.npz", x=np.zeros((30, 4)), y=onehot * 0.5))  # scores, not one-hot
 
 
 def test_fractional_labels_are_refused_as_not_classes(tmp_path: Path) -> None:

@@ -298,7 +298,7 @@ def read_images(data: DataParams) -> OwnData:
             f"{root}: a file, not a folder; data.dataset images reads a folder with one subfolder "
             f"per class (data.dataset csv, parquet or npz read a file)"
         )
-    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not skipped(d.name))
     if not folders:
         raise DataError(
             f"{root}: no class subfolders; put each class's images in a subfolder named after the "
@@ -355,8 +355,18 @@ def load_image(file: Path, mode: str, size: Sequence[int] | None = None) -> Any:
         raise DataError(f"{file}: cannot be decoded as an image ({exc})") from None
 
 
+# What operating systems leave in folders of images: Windows' thumbnail caches and folder
+# settings, and the resource forks macOS adds to a zip (its hidden `._x.png` files already are).
+OS_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx"}
+
+
+def skipped(name: str) -> bool:
+    """Whether a file or folder in an image folder is no sample: hidden, or left by the OS."""
+    return name.startswith(".") or name.lower() in OS_FILES
+
+
 def hidden(file: Path, under: Path) -> bool:
-    return any(part.startswith(".") for part in file.relative_to(under).parts)
+    return any(skipped(part) for part in file.relative_to(under).parts)
 
 
 # --- NumPy arrays ----------------------------------------------------------------------------
@@ -390,7 +400,12 @@ def read_npz(data: DataParams) -> OwnData:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or y.dtype.kind not in "biufUS":
-        raise DataError(f"{path}: y is {y.dtype} of shape {y.shape}; allowed: one label per sample, (n,)")
+        hint = ""
+        if y.ndim == 2 and y.dtype.kind in "biuf" and np.all((y == 0) | (y == 1)) and np.all(y.sum(1) == 1):
+            hint = "; it looks one-hot encoded: save the class numbers instead, y.argmax(axis=1)"
+        raise DataError(
+            f"{path}: y is {y.dtype} of shape {y.shape}; allowed: one label per sample, (n,){hint}"
+        )
     if len(x) != len(y):
         raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)}; they must be the same length")
     if len(x) == 0:
