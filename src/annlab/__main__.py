@@ -133,6 +133,10 @@ def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
             raise UserError(f"--model {ref}: not an annlab model (it takes no raw inputs)")
         return python_model.predictor, ref
     folder = Path(ref)
+    if not folder.is_dir() and len(folder.parts) > 1:  # a path, not a cell's name
+        seeds = io.by_seed(d for d in folder.parent.iterdir() if d.is_dir()) if folder.parent.is_dir() else {}
+        known = f"; {folder.parent} has seeds {', '.join(map(str, seeds))}" if seeds else ""
+        raise UserError(f"--model {ref}: no such folder{known}")
     if not folder.is_dir():
         cell = models / ref
         if not cell.is_dir():
