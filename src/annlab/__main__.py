@@ -133,10 +133,23 @@ def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
             raise UserError(f"--model {ref}: not an annlab model (it takes no raw inputs)")
         return python_model.predictor, ref
     folder = Path(ref)
+    if folder.is_file():
+        raise UserError(f"--model {ref}: a file; give the folder that holds it, {folder.parent}")
     if not folder.is_dir() and len(folder.parts) > 1:  # a path, not a cell's name
-        seeds = io.by_seed(d for d in folder.parent.iterdir() if d.is_dir()) if folder.parent.is_dir() else {}
-        known = f"; {folder.parent} has seeds {', '.join(map(str, seeds))}" if seeds else ""
-        raise UserError(f"--model {ref}: no such folder{known}")
+        if (models / ref).is_dir():  # ann-adam-relu/seed-1 under --models
+            folder = models / ref
+        else:
+            there = (
+                sorted(d.name for d in folder.parent.iterdir() if d.is_dir())
+                if folder.parent.is_dir()
+                else []
+            )
+            seeds = io.by_seed(folder.parent / name for name in there)
+            if seeds:
+                known = f"; {folder.parent} has seeds {', '.join(map(str, seeds))}"
+            else:
+                known = f"; {folder.parent} holds {', '.join(there)}" if there else ""
+            raise UserError(f"--model {ref}: no such folder{known}")
     if not folder.is_dir():
         cell = models / ref
         if not cell.is_dir():
@@ -146,6 +159,10 @@ def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
                 f"{', '.join(cells) or f'none ({models} is empty: run make repro)'}"
             )
         seeds = io.by_seed(d for d in cell.iterdir() if d.is_dir())
+        if not seeds:
+            raise UserError(
+                f"--model {ref}: {cell} holds no trained seeds (seed-<n> folders): run make repro"
+            )
         if seed is None:
             seed = in_use_seed(seeds)
         if seed not in seeds:

@@ -191,7 +191,8 @@ def read_frame(path: Path, kind: str) -> pd.DataFrame:
             # stray word in a numeric column is found and named rather than silently kept.
             options = {"dtype": str, "skipinitialspace": True, "encoding": "utf-8-sig"}
             frame = pd.read_csv(path, **options)
-            _unique_header(path, pd.read_csv(path, header=None, nrows=1, **options).iloc[0].tolist())
+            header = pd.read_csv(path, header=None, nrows=1, na_filter=False, **options)  # NA is a name
+            _unique_header(path, header.iloc[0].tolist())
             return frame
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
@@ -210,7 +211,7 @@ def _unique_header(path: Path, names: list[Any]) -> None:
     served model would then ask its users for a column their files do not have."""
     positions: dict[str, list[int]] = {}
     for i, name in enumerate(names, start=1):
-        if isinstance(name, str):
+        if isinstance(name, str) and name:  # pandas names each empty one apart (Unnamed: 3)
             positions.setdefault(name, []).append(i)
     for name, where in positions.items():
         if len(where) > 1:
@@ -401,7 +402,8 @@ def read_npz(data: DataParams) -> OwnData:
         y = y[:, 0]
     if y.ndim != 1 or y.dtype.kind not in "biufUS":
         hint = ""
-        if y.ndim == 2 and y.dtype.kind in "biuf" and np.all((y == 0) | (y == 1)) and np.all(y.sum(1) == 1):
+        binary = y.ndim == 2 and y.size and y.dtype.kind in "biuf" and np.all((y == 0) | (y == 1))
+        if binary and np.all(y.sum(1) == 1):
             hint = "; it looks one-hot encoded: save the class numbers instead, y.argmax(axis=1)"
         raise DataError(
             f"{path}: y is {y.dtype} of shape {y.shape}; allowed: one label per sample, (n,){hint}"

@@ -248,7 +248,8 @@ def read_inputs(path: str | Path, predictor: Predictor) -> tuple[Any, np.ndarray
 def _image_files(path: Path) -> tuple[list[Path], list[str] | None]:
     if path.is_file():
         return [path], None
-    folders = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    # Hidden files and what an OS leaves (Thumbs.db, __MACOSX/) are skipped, as in training.
+    folders = sorted(d for d in path.iterdir() if d.is_dir() and not owndata.skipped(d.name))
     if folders:  # one subfolder per class: labelled
         files, names = [], []
         for folder in folders:
@@ -256,8 +257,16 @@ def _image_files(path: Path) -> tuple[list[Path], list[str] | None]:
                 if f.is_file() and not owndata.hidden(f, folder) and f.suffix.lower() in IMAGE_SUFFIXES:
                     files.append(f)
                     names.append(folder.name)
+        if not files:
+            raise UserError(
+                f"{path}: no PNG or JPEG images in its class folders ({', '.join(d.name for d in folders)})"
+            )
         return files, names
-    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(
+        f
+        for f in path.iterdir()
+        if f.is_file() and not owndata.skipped(f.name) and f.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not files:
         raise UserError(f"{path}: no PNG or JPEG images")
     return files, None
