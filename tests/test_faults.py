@@ -101,7 +101,7 @@ def test_an_unreachable_tracking_server_stops_the_stage_within_seconds(tmp_path:
     assert proc.returncode == 2
     assert f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert seconds < 30  # MLflow's own retries would take minutes
+    assert seconds < 60  # MLflow's own retries would take minutes; 7 s alone, more beside the suite
     assert not (tmp_path / "models").exists()
 
 
