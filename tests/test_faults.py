@@ -20,15 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from annlab.errors import Interrupted
-from conftest import default_sigint, dvc, processed_blobs, repro, small_repo
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from conftest import default_sigint, dvc, free_port, processed_blobs, repro, small_repo
 
 
 def _train_argv(cell_dir: str) -> list[str]:
@@ -88,7 +80,7 @@ def test_an_interrupted_cell_writes_nothing_and_its_run_is_killed(
 def test_an_unreachable_tracking_server_stops_the_stage_within_seconds(tmp_path: Path) -> None:
     processed_blobs(tmp_path / "data", n_train=60)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2}}))
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     proc = subprocess.run(
         _train_argv("m"),
@@ -115,7 +107,7 @@ class Server:
     def __init__(self, store: Path) -> None:
         self.store = store
         self.store.mkdir()
-        self.uri = f"http://127.0.0.1:{_free_port()}"
+        self.uri = f"http://127.0.0.1:{free_port()}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

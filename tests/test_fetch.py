@@ -16,6 +16,7 @@ import pytest
 from annlab import datasets
 from annlab.datasets import FetchError, RemoteFile
 from annlab.stages import fetch
+from conftest import free_port
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -106,11 +107,7 @@ def test_truncated_download_is_refused_and_not_cached(server, tmp_path, monkeypa
 
 
 def test_offline_names_the_url_and_the_way_out(tmp_path, monkeypatch) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     _pin(monkeypatch, "mnist", {"mnist.npz": b"x"})
     with pytest.raises(FetchError) as err:
         datasets.download("mnist", url=f"http://127.0.0.1:{port}/", cache=tmp_path)

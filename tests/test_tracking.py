@@ -12,6 +12,7 @@ import pytest
 from annlab import tracking
 from annlab.errors import Interrupted, UserError
 from annlab.params import Params
+from conftest import free_port
 
 
 def test_default_store_is_at_the_dvc_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -172,11 +173,7 @@ def test_interrupted_and_failed_runs_are_kept_as_such_and_finished_ones_replaced
 
 def _dead_uri() -> str:
     """An http URI on a loopback port that nothing listens on."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://annlab:s3cret@127.0.0.1:{sock.getsockname()[1]}"
+    return f"http://annlab:s3cret@127.0.0.1:{free_port()}"
 
 
 def test_passwords_are_masked_in_what_annlab_prints() -> None:
