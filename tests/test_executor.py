@@ -5,11 +5,13 @@ Ctrl-C, and a teammate who pulls from a DVC remote trains nothing."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -19,9 +21,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from annlab import executor
+from annlab import executor, io, store
 from annlab.errors import UserError
 from annlab.executor import cell_from_command, ray_resources, version_mismatch
 from conftest import dvc, free_port, one_ray_cluster, repro, small_repo
@@ -98,11 +101,16 @@ def _lock_entries(repo: Path) -> dict:
     return entries
 
 
-def _cell_runs(repo: Path) -> list[str]:
-    """The names of the cell runs in the repo's MLflow store, sorted (one per cell when none is doubled)."""
+def _runs(repo: Path) -> list[Run]:
+    """The cell runs in the repo's MLflow store."""
     client = MlflowClient(_store(repo))
     runs = client.search_runs([client.get_experiment_by_name("annlab").experiment_id])
-    return sorted(r.info.run_name for r in runs if r.data.tags.get("annlab.role") == "cell")
+    return [r for r in runs if r.data.tags.get("annlab.role") == "cell"]
+
+
+def _cell_runs(repo: Path) -> list[str]:
+    """The names of the cell runs in the repo's MLflow store, sorted (one per cell when none is doubled)."""
+    return sorted(r.info.run_name for r in _runs(repo))
 
 
 def _popen(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -510,11 +518,12 @@ def _ray_env(address: str) -> dict[str, str]:
 def test_a_ray_cluster_gives_the_local_bits_and_one_mlflow_run_per_cell(
     ray_head: str, grids: dict, tmp_path: Path
 ) -> None:
-    small_repo(tmp_path, _small())
+    commit = small_repo(tmp_path, _small())
     driver = _popen(tmp_path, env=_ray_env(ray_head))
     out, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, out
     assert f"executor: ray at {ray_head}, 2 CPUs" in out
+    assert "cannot reach MLflow's store" not in out
     # the stages after the grid write this workspace: a local worker, warm by then, runs them
     for stage in ("evaluate", "plot", "report"):
         assert f"Running stage '{stage}' on a warm worker" in out
@@ -523,6 +532,13 @@ def test_a_ray_cluster_gives_the_local_bits_and_one_mlflow_run_per_cell(
     assert _lock_entries(tmp_path) == _lock_entries(grids["cold"])
     assert _status(tmp_path) == {}
     assert _cell_runs(tmp_path) == sorted(CELLS)
+    # The Ray workers reach the store (a file on this machine): each logged its cell while it
+    # trained, as a local worker does, rather than the report rebuilding the run afterwards.
+    for run in _runs(tmp_path):
+        tags = run.data.tags
+        assert tags["annlab.stage"] == f"train@{run.info.run_name}", tags
+        assert tags["mlflow.source.git.commit"] == commit
+        assert "annlab.reused_from" not in tags and run.info.status == "FINISHED"
 
 
 @pytest.mark.slow
@@ -534,9 +550,20 @@ def test_a_killed_ray_worker_is_retried_and_nothing_is_duplicated(ray_head: str,
         found = subprocess.run(["pgrep", "-f", "ray::_ray_train"], capture_output=True, text=True).stdout
         return [int(pid) for pid in found.split()]
 
+    def logging() -> bool:
+        """Whether both workers have begun their cells' MLflow runs, beside the grid's (read
+        only: nothing is made in the store)."""
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"file:{tmp_path / 'mlflow.db'}?mode=ro", uri=True)
+            ) as db:
+                return db.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0] > 2
+        except sqlite3.Error:
+            return False  # not made yet
+
     try:
-        _wait_for(ray_workers, "a Ray task")
-        time.sleep(3)  # into its training
+        _wait_for(lambda: ray_workers() and logging(), "Ray tasks logging their cells")
+        time.sleep(1)  # into its training
         os.kill(ray_workers()[0], signal.SIGKILL)
         out, _ = driver.communicate(timeout=600)
     finally:
@@ -544,7 +571,54 @@ def test_a_killed_ray_worker_is_retried_and_nothing_is_duplicated(ray_head: str,
     assert driver.returncode == 0, out
     assert _summary(out) == (4, 0, 0)
     assert _status(tmp_path) == {}
-    assert _cell_runs(tmp_path) == sorted(CELLS)
+    runs = _runs(tmp_path)
+    finished = {r.info.run_name: r.info.run_id for r in runs if r.info.status == "FINISHED"}
+    assert sorted(finished) == sorted(CELLS)  # one each
+    killed = [r for r in runs if r.info.run_id not in finished.values()]
+    assert len(killed) == 1, [(r.info.run_name, r.info.status) for r in runs]
+    (run,) = killed  # the killed attempt's run, marked as replaced by its retry's
+    assert run.info.status == "FAILED"
+    assert run.data.tags["annlab.superseded_by"] == finished[run.info.run_name]
+
+
+@pytest.mark.slow
+def test_a_ray_task_logs_to_the_drivers_store_only_when_it_reaches_it(
+    grids: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task in-process, without Ray: offline where it cannot reach the store (the report
+    files the run then), logging as a local worker where it can."""
+    cold = grids["cold"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's temporary directory
+    for name in (store.OFFLINE_ENV, "MLFLOW_TRACKING_URI", store.SOURCE_COMMIT_ENV):
+        monkeypatch.setenv(name, "")  # the task sets them: put back afterwards
+    stage = "train@ann-sgd-relu"
+    cell = cell_from_command(stage, yaml.safe_load((cold / "dvc.lock").read_text())["stages"][stage]["cmd"])
+    data_dir = cold / "data/processed"
+    data = {str(p.relative_to(data_dir)): p.read_bytes() for p in sorted(data_dir.rglob("*")) if p.is_file()}
+    args = (cell, (cold / "params.yaml").read_text(), data, io.data_digest(data_dir))
+    (tmp_path / "store").mkdir()
+    folder = (tmp_path / "store").stat()
+    here = store.Place(
+        f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+        store.machine(),
+        "feedc0de",
+        (folder.st_dev, folder.st_ino),
+    )
+
+    away = executor._ray_train(*args, dataclasses.replace(here, machine="elsewhere/0000"))
+    assert away.status == "trained" and not away.logged
+    assert not (tmp_path / "store" / "mlflow.db").exists()
+
+    near = executor._ray_train(*args, here)
+    assert near.status == "trained" and near.logged
+    assert near.files.keys() == away.files.keys()
+    client = MlflowClient(here.uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("annlab").experiment_id], "tags.`annlab.role` = 'cell'"
+    )
+    assert run.info.status == "FINISHED" and run.info.run_name == "ann-sgd-relu"
+    assert run.data.tags["mlflow.source.git.commit"] == "feedc0de"
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2  # each epoch, as it trained
 
 
 # ---------------------------------------------------------------------------------------------

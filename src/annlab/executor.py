@@ -12,10 +12,12 @@ them: `annlab.repro` decides which are stale and records each finished one with 
   replaced, and its cell retried once.
 - `RayExecutor`: Ray tasks on the cluster at RAY_ADDRESS. Workers get the workspace's annlab
   code through Ray's `py_modules`, the data through the object store (once per grid), train
-  offline and send the outputs back; the driver writes them. MLflow is then filled from the
-  DVC outputs by the report stage, as `annlab sync` does: a store on the driver's disk is not
-  reachable from the cluster, and a run rebuilt from outputs cannot be half-logged or logged
-  twice. Ray retries a task whose worker died once (`max_retries=1`).
+  in a scratch workspace and send the outputs back; the driver writes them. A worker that can
+  reach the driver's MLflow store (`store.reach`: a tracking server that answers, or a SQLite
+  file on the driver's own machine) logs its cell while it trains, as a local worker does;
+  one that cannot trains offline, and the report stage files its runs from the DVC outputs,
+  as `annlab sync` does. Ray retries a task whose worker died once (`max_retries=1`); the
+  report marks the run such an attempt left RUNNING as replaced by its retry's.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class Outcome:
     output: str = ""  # a stage after the grid: what it printed
     worker: str = ""  # which process trained it (host:pid)
     peak_rss_mib: float = 0.0  # that process's peak resident memory so far
+    logged: bool = True  # whether the worker logged it to MLflow (a Ray worker may not reach the store)
 
 
 def cell_from_command(stage: str, cmd: str) -> Cell:
@@ -483,11 +486,21 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _ray_train(cell: Cell, params_text: str, data: dict[str, bytes], digest: str) -> Outcome:
-    """A Ray task: train one cell in a scratch workspace, offline, and return its outputs."""
-    from annlab import tracking
+def _ray_train(
+    cell: Cell, params_text: str, data: dict[str, bytes], digest: str, place: Any = None
+) -> Outcome:
+    """A Ray task: train one cell in a scratch workspace and return its outputs. It logs to the
+    driver's MLflow store (`place`) as a local worker does when it can reach it, else nothing:
+    the driver's report stage then files the run from the outputs."""
+    from annlab import store
 
-    os.environ[tracking.OFFLINE_ENV] = "1"  # the driver's report stage logs it from the outputs
+    uri = store.reach(place)
+    if uri is None:
+        os.environ[store.OFFLINE_ENV] = "1"
+    else:
+        os.environ.pop(store.OFFLINE_ENV, None)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        os.environ[store.SOURCE_COMMIT_ENV] = place.commit
     warm_up()  # imports and thread pools on this worker's first cell; later cells find them done
     root = _grid_data(data, digest)
     with tempfile.TemporaryDirectory(prefix="annlab-cell-") as tmp:
@@ -497,6 +510,7 @@ def _ray_train(cell: Cell, params_text: str, data: dict[str, bytes], digest: str
         (work / data_arg).parent.mkdir(parents=True, exist_ok=True)
         (work / data_arg).symlink_to(root, target_is_directory=True)
         outcome = train_cell(cell, work)
+        outcome.logged = uri is not None
         if outcome.status == "trained":
             for out in cell.outputs:
                 for path in sorted((work / out).rglob("*")):
@@ -524,7 +538,8 @@ class RayExecutor:
 
         import annlab
 
-        forwarded = ("ANNLAB_", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")
+        # MLflow's settings and credentials too: workers log to a tracking server they reach.
+        forwarded = ("ANNLAB_", "MLFLOW_", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")
         env_vars = {k: v for k, v in os.environ.items() if k.startswith(forwarded)}
         env_vars.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         try:
@@ -554,7 +569,7 @@ class RayExecutor:
         """Train `cells` as Ray tasks, yielding each outcome as it comes; a stop cancels them.
         `after` is not asked: the stages after the grid write the workspace and log to its MLflow
         store, so the driver's `dvc repro` runs them."""
-        from annlab import io
+        from annlab import io, store
 
         ray = self._ray
         data = {
@@ -566,8 +581,10 @@ class RayExecutor:
         digest = io.data_digest(self.data_dir)
         params_text = self.params_path.read_text(encoding="utf-8")
         task = ray.remote(max_retries=1, **self.resources)(_ray_train)
-        pending = {task.remote(cell, params_text, data_ref, digest): cell for cell in cells}
+        place = store.place()
+        pending = {task.remote(cell, params_text, data_ref, digest, place): cell for cell in cells}
         cancelled = 0
+        told = place is None  # offline: nobody logs, and the stages say so
         try:
             while pending:
                 if stop() > cancelled:
@@ -586,6 +603,14 @@ class RayExecutor:
                         outcome = Outcome(cell, status, error=_ray_error(exc))
                     if outcome.status == "trained":
                         write_outputs(outcome)
+                        if not (outcome.logged or told):
+                            told = True
+                            print(
+                                f"{outcome.worker}: this Ray worker cannot reach MLflow's store"
+                                f" ({store.redact(place.uri)}); the report stage files the runs of the"
+                                " cells it trains from their outputs",
+                                flush=True,
+                            )
                     yield outcome
         finally:
             for ref in pending:

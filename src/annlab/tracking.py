@@ -26,6 +26,18 @@ from mlflow.tracking import MlflowClient
 from annlab import io
 from annlab.errors import Interrupted, UserError
 from annlab.params import OWN_DATA_KEYS, ModelType, OptimizerName, Params
+from annlab.store import (  # noqa: F401  (re-exported: the stages use them as tracking.*)
+    HTTP_DEFAULTS,
+    OFFLINE_ENV,
+    SQLITE,
+    git_commit,
+    is_server,
+    offline,
+    redact,
+    repo_root,
+    tracking_uri,
+    unreachable,
+)
 
 T = TypeVar("T")
 
@@ -42,26 +54,6 @@ SUPERSEDED_TAG = "annlab.superseded_by"  # on a run left unfinished by a lost se
 # MLflow 3's UI opens an experiment of this kind on its training runs table, not the GenAI view.
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 PARENT_TAG = "mlflow.parentRunId"  # what MLflow's own nesting sets; works across processes
-
-
-def repo_root() -> Path:
-    """The project root: DVC sets $DVC_ROOT for stages (the parent repo, for queued experiments)."""
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-
-
-SQLITE = "sqlite:///"
-
-
-def tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the project's SQLite store at the repository root.
-
-    A relative SQLite path is taken from the repository root, so every stage (and every
-    queued experiment, which runs in a temporary copy) writes to the same file.
-    """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}{repo_root() / 'mlflow.db'}"
-    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
-        uri = f"{SQLITE}{repo_root() / uri.removeprefix(SQLITE)}"
-    return uri
 
 
 def stage_tag(default: str) -> dict[str, str]:
@@ -135,17 +127,6 @@ def grid_tags(params: Params) -> dict[str, str]:
     return tags
 
 
-def git_commit(cwd: Path | None = None) -> str:
-    """The checked-out commit, or 'unknown' outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
-
-
 def store_lock(uri: str) -> contextlib.AbstractContextManager[object]:
     """An inter-process lock on the store, for the stages of this machine.
 
@@ -184,52 +165,6 @@ def code_version(cwd: Path | None = None) -> str:
     except (OSError, subprocess.CalledProcessError):
         return commit[:12]
     return commit[:12] + (" + uncommitted changes to src/ or dvc.yaml" if changed else "")  # fmt: skip
-
-
-# MLflow's client retries an unreachable server 7 times with a doubling back-off, minutes in
-# all; annlab gives up sooner, unless the environment says otherwise.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-OFFLINE_ENV = "ANNLAB_OFFLINE"
-
-
-def offline() -> bool:
-    """Whether $ANNLAB_OFFLINE asks the stages to leave MLflow alone (`annlab sync` uploads later)."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def redact(uri: str) -> str:
-    """`uri` with any password in it masked, fit for a message or a log."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None:
-        return uri
-    _, host = parts.netloc.rsplit("@", 1)
-    user = "***" if parts.password is None else f"{parts.username}:***"  # a bare token is the secret
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host}"))
-
-
-def is_server(uri: str) -> bool:
-    """Whether `uri` names a tracking server (over the network) rather than a local store."""
-    return uri.startswith(("http://", "https://"))
-
-
-def unreachable(uri: str) -> str | None:
-    """Why a tracking server cannot be reached (e.g. 'ConnectionError'), or None if it answers.
-
-    Connecting gets 5 s. A server that accepted the connection is there but may be busy (eight
-    pipelines logging at once on two cores): its answer gets as long as MLflow's own requests
-    do ($MLFLOW_HTTP_REQUEST_TIMEOUT). An HTTP answer counts as reachable (an auth error then
-    comes from MLflow, with its own message), except a gateway's 502, 503 or 504: a proxy
-    answering for a server that is down.
-    """
-    import requests
-
-    key = "MLFLOW_HTTP_REQUEST_TIMEOUT"
-    read = float(os.environ.get(key) or HTTP_DEFAULTS[key])
-    try:
-        answer = requests.get(f"{uri.rstrip('/')}/health", timeout=(5.0, read))
-    except requests.RequestException as exc:
-        return type(exc).__name__
-    return f"HTTP {answer.status_code}" if answer.status_code in (502, 503, 504) else None
 
 
 def check_server(uri: str) -> None:

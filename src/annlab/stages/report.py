@@ -134,15 +134,17 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
                 " trains it again and replaces the entry"
             )
         runs = tracking.find_runs(exp_id, {tracking.KEY_TAG: tracking.run_key(meta["cell_key"], grid_id)})
-        finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
+        finished = [r for r in runs if r.info.status == "FINISHED"]
         if finished:
-            run_id = finished[0]
+            run_id, since = finished[0].info.run_id, finished[0].info.start_time
         else:
-            run_id = rebuild_run(params, row, meta, out, exp_id, parent_id)
-            for stale in runs:  # left RUNNING by a stage that lost the server mid-run
-                if stale.info.status == "RUNNING":
-                    client.set_tag(stale.info.run_id, tracking.SUPERSEDED_TAG, run_id)
-                    client.set_terminated(stale.info.run_id, "FAILED")
+            run_id, since = rebuild_run(params, row, meta, out, exp_id, parent_id), None
+        for stale in runs:
+            # Left RUNNING by a stage that lost the server mid-run, or by a worker killed mid-cell
+            # whose cell was trained again: the run that counts replaces it.
+            if stale.info.status == "RUNNING" and (since is None or stale.info.start_time < since):
+                client.set_tag(stale.info.run_id, tracking.SUPERSEDED_TAG, run_id)
+                client.set_terminated(stale.info.run_id, "FAILED")
         run_of[cell, seed] = run_id
         before = client.get_run(run_id)
         try:
