@@ -113,6 +113,29 @@ def _cell_runs(repo: Path) -> list[str]:
     return sorted(r.info.run_name for r in _runs(repo))
 
 
+def _running_runs(repo: Path) -> int:
+    """How many runs are RUNNING in the repo's store (its grid's and the cells' being trained);
+    read only, so nothing is made in a store that a worker is about to make."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{repo / 'mlflow.db'}?mode=ro", uri=True)) as db:
+            return db.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:
+        return 0  # not made yet
+
+
+def _killed_run_is_superseded(repo: Path) -> None:
+    """One finished run per cell; the run of the cell whose worker was killed mid-cell is
+    marked FAILED, replaced by its retry's."""
+    runs = _runs(repo)
+    finished = {r.info.run_name: r.info.run_id for r in runs if r.info.status == "FINISHED"}
+    assert sorted(finished) == sorted(CELLS)  # one each
+    killed = [r for r in runs if r.info.run_id not in finished.values()]
+    assert len(killed) == 1, [(r.info.run_name, r.info.status) for r in runs]
+    (run,) = killed
+    assert run.info.status == "FAILED"
+    assert run.data.tags["annlab.superseded_by"] == finished[run.info.run_name]
+
+
 def _popen(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     bin_dir = str(Path(sys.executable).parent)
     full = {
@@ -137,11 +160,6 @@ def _wait_for(predicate: object, what: str, timeout: float = 180) -> None:
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"{what} never happened"
         time.sleep(0.1)
-
-
-def _training(repo: Path) -> bool:
-    """Whether a cell is being trained (io.atomic_path's temporary sibling of its folder exists)."""
-    return any((repo / "models").glob(".ann-*")) if (repo / "models").exists() else False
 
 
 def _workers(driver: int) -> list[int]:
@@ -381,7 +399,8 @@ def test_a_killed_worker_has_its_cell_retried_on_a_fresh_one(tmp_path: Path) -> 
     small_repo(tmp_path, _small(epochs=150))
     driver = _popen(tmp_path, "--jobs", "2")
     try:
-        _wait_for(lambda: _training(tmp_path) and _workers(driver.pid), "training")
+        # both workers are logging their cells (the grid's run is RUNNING too)
+        _wait_for(lambda: _workers(driver.pid) and _running_runs(tmp_path) > 2, "training")
         os.kill(_workers(driver.pid)[0], signal.SIGKILL)
         out, _ = driver.communicate(timeout=600)
     finally:
@@ -391,12 +410,7 @@ def test_a_killed_worker_has_its_cell_retried_on_a_fresh_one(tmp_path: Path) -> 
     assert _summary(out) == (4, 0, 0)
     assert _status(tmp_path) == {}
     assert not list((tmp_path / "models").glob(".ann-*")), "a killed worker's partial outputs were left"
-    client = MlflowClient(_store(tmp_path))
-    runs = client.search_runs([client.get_experiment_by_name("annlab").experiment_id])
-    finished = sorted(
-        r.info.run_name for r in runs if r.info.status == "FINISHED" and r.info.run_name in CELLS
-    )
-    assert finished == sorted(CELLS)
+    _killed_run_is_superseded(tmp_path)
 
 
 @pytest.mark.slow
@@ -451,6 +465,52 @@ def test_a_ray_workers_data_copy_replaces_its_last_one_and_those_of_ended_worker
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
     # the worker's next cell of the grid reads the same copy, without writing it again
     assert executor._grid_data({}, digest) == root and (root / "x.npy").exists()
+
+
+def _settings() -> dict[str, str]:
+    """The environment's MLflow and annlab settings (TensorFlow's import adds its own)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "ANNLAB_"))}
+
+
+def _folder_place(folder: Path, **changes: object) -> store.Place:
+    folder.mkdir(exist_ok=True)
+    found = folder.stat()
+    place = store.Place(
+        f"sqlite:///{folder / 'mlflow.db'}", store.machine(), "feedc0de", (found.st_dev, found.st_ino)
+    )
+    return dataclasses.replace(place, **changes)
+
+
+def test_a_ray_task_logs_only_where_it_can_write_and_leaves_its_worker_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(store.OFFLINE_ENV, raising=False)
+    monkeypatch.delenv(store.SOURCE_COMMIT_ENV, raising=False)
+    before = dict(os.environ)
+
+    here = _folder_place(tmp_path / "store", env=(("MLFLOW_HTTP_REQUEST_TIMEOUT", "7"),))
+    with executor._mlflow_for(here, "annlab") as why_not:
+        assert why_not == ""
+        assert os.environ["MLFLOW_TRACKING_URI"] == here.uri and not store.offline()
+        assert os.environ[store.SOURCE_COMMIT_ENV] == "feedc0de"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+    assert dict(os.environ) == before  # the worker's next task starts from its own environment
+
+    elsewhere = _folder_place(tmp_path / "store", machine="elsewhere/0000")
+    with executor._mlflow_for(elsewhere, "annlab") as why_not:
+        assert "cannot reach it" in why_not and store.offline()
+    assert dict(os.environ) == before
+
+    # It reaches the file but cannot log there: trained offline, not failed.
+    broken = _folder_place(tmp_path / "broken")
+    (tmp_path / "broken" / "mlflow.db").write_bytes(b"not a database, whatever its name says" * 100)
+    with executor._mlflow_for(broken, "annlab") as why_not:
+        assert "cannot log there" in why_not and store.offline()
+    assert dict(os.environ) == before
+
+    with executor._mlflow_for(None, "annlab") as why_not:  # the driver is offline
+        assert why_not == "" and store.offline()
+    assert dict(os.environ) == before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,19 +610,9 @@ def test_a_killed_ray_worker_is_retried_and_nothing_is_duplicated(ray_head: str,
         found = subprocess.run(["pgrep", "-f", "ray::_ray_train"], capture_output=True, text=True).stdout
         return [int(pid) for pid in found.split()]
 
-    def logging() -> bool:
-        """Whether both workers have begun their cells' MLflow runs, beside the grid's (read
-        only: nothing is made in the store)."""
-        try:
-            with contextlib.closing(
-                sqlite3.connect(f"file:{tmp_path / 'mlflow.db'}?mode=ro", uri=True)
-            ) as db:
-                return db.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0] > 2
-        except sqlite3.Error:
-            return False  # not made yet
-
     try:
-        _wait_for(lambda: ray_workers() and logging(), "Ray tasks logging their cells")
+        # both workers are logging their cells (the grid's run is RUNNING too)
+        _wait_for(lambda: ray_workers() and _running_runs(tmp_path) > 2, "Ray tasks logging their cells")
         time.sleep(1)  # into its training
         os.kill(ray_workers()[0], signal.SIGKILL)
         out, _ = driver.communicate(timeout=600)
@@ -571,14 +621,7 @@ def test_a_killed_ray_worker_is_retried_and_nothing_is_duplicated(ray_head: str,
     assert driver.returncode == 0, out
     assert _summary(out) == (4, 0, 0)
     assert _status(tmp_path) == {}
-    runs = _runs(tmp_path)
-    finished = {r.info.run_name: r.info.run_id for r in runs if r.info.status == "FINISHED"}
-    assert sorted(finished) == sorted(CELLS)  # one each
-    killed = [r for r in runs if r.info.run_id not in finished.values()]
-    assert len(killed) == 1, [(r.info.run_name, r.info.status) for r in runs]
-    (run,) = killed  # the killed attempt's run, marked as replaced by its retry's
-    assert run.info.status == "FAILED"
-    assert run.data.tags["annlab.superseded_by"] == finished[run.info.run_name]
+    _killed_run_is_superseded(tmp_path)
 
 
 @pytest.mark.slow
@@ -589,28 +632,21 @@ def test_a_ray_task_logs_to_the_drivers_store_only_when_it_reaches_it(
     files the run then), logging as a local worker where it can."""
     cold = grids["cold"]
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's temporary directory
-    for name in (store.OFFLINE_ENV, "MLFLOW_TRACKING_URI", store.SOURCE_COMMIT_ENV):
-        monkeypatch.setenv(name, "")  # the task sets them: put back afterwards
     stage = "train@ann-sgd-relu"
     cell = cell_from_command(stage, yaml.safe_load((cold / "dvc.lock").read_text())["stages"][stage]["cmd"])
     data_dir = cold / "data/processed"
     data = {str(p.relative_to(data_dir)): p.read_bytes() for p in sorted(data_dir.rglob("*")) if p.is_file()}
     args = (cell, (cold / "params.yaml").read_text(), data, io.data_digest(data_dir))
-    (tmp_path / "store").mkdir()
-    folder = (tmp_path / "store").stat()
-    here = store.Place(
-        f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
-        store.machine(),
-        "feedc0de",
-        (folder.st_dev, folder.st_ino),
-    )
+    here = _folder_place(tmp_path / "store")
+    before = _settings()
 
     away = executor._ray_train(*args, dataclasses.replace(here, machine="elsewhere/0000"))
-    assert away.status == "trained" and not away.logged
+    assert away.status == "trained" and away.unlogged
     assert not (tmp_path / "store" / "mlflow.db").exists()
 
     near = executor._ray_train(*args, here)
-    assert near.status == "trained" and near.logged
+    assert near.status == "trained" and near.unlogged == ""
+    assert _settings() == before  # the task's MLflow settings are gone with it
     assert near.files.keys() == away.files.keys()
     client = MlflowClient(here.uri)
     (run,) = client.search_runs(

@@ -595,3 +595,33 @@ def test_reports_registering_side_by_side_add_one_version_per_grid_and_one_champ
     again = race(["g5"] * 4)  # one grid reported four times at once
     assert sum(g["added"] for g in again) == 1 and len({g["version"] for g in again}) == 1, again
     assert len(client.search_model_versions("name='m'")) == 5
+
+
+def test_runs_left_running_before_the_run_that_counts_are_marked_replaced_and_later_ones_kept(
+    mlflow_store: str,
+) -> None:
+    """A worker killed mid-cell leaves its run RUNNING; the retry's finished run replaces it. A run
+    begun after that one is someone's rerun still training: it is left alone."""
+    from mlflow.tracking import MlflowClient
+
+    from annlab import tracking
+    from annlab.stages.report import supersede_stale
+
+    client = MlflowClient(mlflow_store)
+    exp = client.create_experiment("annlab")
+    killed, kept, later = (client.create_run(exp, start_time=t) for t in (1_000, 2_000, 3_000))
+    client.set_terminated(kept.info.run_id, "FINISHED")
+    runs = [client.get_run(r.info.run_id) for r in (killed, kept, later)]
+
+    supersede_stale(client, runs, kept.info.run_id, since=2_000)
+    now = {r.info.run_id: client.get_run(r.info.run_id) for r in runs}
+    assert now[killed.info.run_id].info.status == "FAILED"
+    assert now[killed.info.run_id].data.tags[tracking.SUPERSEDED_TAG] == kept.info.run_id
+    assert now[kept.info.run_id].info.status == "FINISHED"
+    assert now[later.info.run_id].info.status == "RUNNING"
+    assert tracking.SUPERSEDED_TAG not in now[later.info.run_id].data.tags
+
+    # A run rebuilt from the outputs (no finished one was there) replaces every RUNNING one.
+    rebuilt = client.create_run(exp, start_time=4_000).info.run_id
+    supersede_stale(client, [client.get_run(later.info.run_id)], rebuilt, since=None)
+    assert client.get_run(later.info.run_id).info.status == "FAILED"

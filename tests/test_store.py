@@ -77,6 +77,50 @@ def test_a_worker_logs_to_a_server_it_reaches_and_to_a_loopback_one_only_on_its_
     assert store.reach(dataclasses.replace(place, machine="elsewhere/0000")) is None
 
 
+@pytest.mark.parametrize(
+    ("uri", "local_only"),
+    [
+        ("http://127.0.0.1:5000", True),
+        ("http://localhost:5000", True),
+        ("http://[::1]:5000", True),
+        ("http://0.0.0.0:5000", True),  # every address of this machine: none of another's
+        ("https://user:secret@127.0.0.2/mlflow", True),
+        ("http://192.0.2.7:5000", False),  # another machine's address (TEST-NET-1)
+    ],
+)
+def test_a_server_on_an_address_of_the_drivers_own_is_for_its_machine_only(
+    uri: str, local_only: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv(store.OFFLINE_ENV, raising=False)
+    place = store.place()
+    assert place is not None and place.local_only is local_only
+
+
+def test_the_drivers_mlflow_settings_go_to_its_workers_but_not_into_messages(
+    sqlite_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    place = store.place()
+    assert place is not None
+    assert ("MLFLOW_TRACKING_PASSWORD", "s3cret") in place.env and (
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "7",
+    ) in place.env
+    assert "MLFLOW_TRACKING_URI" not in dict(place.env)  # the workers get the resolved URI itself
+    assert "s3cret" not in repr(place)
+
+
+def test_a_sqlite_stores_folder_is_made_so_that_workers_can_find_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")
+    monkeypatch.delenv(store.OFFLINE_ENV, raising=False)
+    place = store.place()
+    assert (tmp_path / "new").is_dir() and store.reach(place) == place.uri
+
+
 def test_a_worker_does_not_log_to_a_server_that_is_down_or_to_other_stores() -> None:
     down = f"http://127.0.0.1:{free_port()}"
     assert store.reach(store.Place(down, store.machine(), "abc")) is None

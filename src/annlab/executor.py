@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from annlab import store
 from annlab.errors import Interrupted, UserError
 
 CPUS_ENV = "ANNLAB_CPUS_PER_CELL"
@@ -88,7 +89,7 @@ class Outcome:
     output: str = ""  # a stage after the grid: what it printed
     worker: str = ""  # which process trained it (host:pid)
     peak_rss_mib: float = 0.0  # that process's peak resident memory so far
-    logged: bool = True  # whether the worker logged it to MLflow (a Ray worker may not reach the store)
+    unlogged: str = ""  # why a Ray worker did not log it to the driver's MLflow store, if it did not
 
 
 def cell_from_command(stage: str, cmd: str) -> Cell:
@@ -486,21 +487,57 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _ray_train(
-    cell: Cell, params_text: str, data: dict[str, bytes], digest: str, place: Any = None
-) -> Outcome:
-    """A Ray task: train one cell in a scratch workspace and return its outputs. It logs to the
-    driver's MLflow store (`place`) as a local worker does when it can reach it, else nothing:
-    the driver's report stage then files the run from the outputs."""
-    from annlab import store
+@contextlib.contextmanager
+def _mlflow_for(place: store.Place | None, experiment: str) -> Iterator[str]:
+    """A Ray task's MLflow setting while its cell trains: the driver's store (`place`) when this
+    worker reaches it and can log there, as a local worker does; offline otherwise, and then
+    why, so that the driver's report stage files the run from the outputs. The worker's
+    environment is put back afterwards: the process goes on to other tasks."""
+    before = dict(os.environ)
+    why_not = ""
+    try:
+        if place is not None:
+            os.environ.update(place.env)
+            os.environ["MLFLOW_TRACKING_URI"] = place.uri
+            os.environ[store.SOURCE_COMMIT_ENV] = place.commit
+            os.environ.pop(store.OFFLINE_ENV, None)
+            why_not = _cannot_log(place, experiment)
+        if place is None or why_not:
+            os.environ[store.OFFLINE_ENV] = "1"
+        yield why_not
+    finally:
+        for key in set(before) | set(os.environ):
+            if key not in before:
+                del os.environ[key]
+            elif os.environ.get(key) != before[key]:
+                os.environ[key] = before[key]
 
-    uri = store.reach(place)
-    if uri is None:
-        os.environ[store.OFFLINE_ENV] = "1"
-    else:
-        os.environ.pop(store.OFFLINE_ENV, None)
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-        os.environ[store.SOURCE_COMMIT_ENV] = place.commit
+
+def _cannot_log(place: store.Place, experiment: str) -> str:
+    """Why this worker cannot log to the driver's store; "" if it can. Beyond reaching it, one
+    write (the experiment's kind, as it is) proves the credentials and permissions, so that a
+    store this worker may not write fails nothing: the cell trains offline instead."""
+    if store.reach(place) is None:
+        return "it cannot reach it from there"
+    from mlflow.tracking import MlflowClient
+
+    from annlab import tracking
+
+    try:
+        exp_id = tracking.experiment_id(experiment)
+        MlflowClient().set_experiment_tag(exp_id, tracking.KIND_TAG, tracking.MODEL_TRAINING)
+    except Exception as exc:  # whatever the store answers: the run is filed by the driver instead
+        return f"it cannot log there: {type(exc).__name__}"
+    return ""
+
+
+def _ray_train(
+    cell: Cell, params_text: str, data: dict[str, bytes], digest: str, place: store.Place | None = None
+) -> Outcome:
+    """A Ray task: train one cell in a scratch workspace and return its outputs, logging it to
+    the driver's MLflow store (`place`) if this worker can (`_mlflow_for`)."""
+    from annlab.params import load_params
+
     warm_up()  # imports and thread pools on this worker's first cell; later cells find them done
     root = _grid_data(data, digest)
     with tempfile.TemporaryDirectory(prefix="annlab-cell-") as tmp:
@@ -509,8 +546,10 @@ def _ray_train(
         data_arg = cell.arg("--data")
         (work / data_arg).parent.mkdir(parents=True, exist_ok=True)
         (work / data_arg).symlink_to(root, target_is_directory=True)
-        outcome = train_cell(cell, work)
-        outcome.logged = uri is not None
+        experiment = load_params(work / "params.yaml").mlflow.experiment
+        with _mlflow_for(place, experiment) as why_not:
+            outcome = train_cell(cell, work)
+        outcome.unlogged = why_not
         if outcome.status == "trained":
             for out in cell.outputs:
                 for path in sorted((work / out).rglob("*")):
@@ -538,8 +577,7 @@ class RayExecutor:
 
         import annlab
 
-        # MLflow's settings and credentials too: workers log to a tracking server they reach.
-        forwarded = ("ANNLAB_", "MLFLOW_", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")
+        forwarded = ("ANNLAB_", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")
         env_vars = {k: v for k, v in os.environ.items() if k.startswith(forwarded)}
         env_vars.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         try:
@@ -569,7 +607,7 @@ class RayExecutor:
         """Train `cells` as Ray tasks, yielding each outcome as it comes; a stop cancels them.
         `after` is not asked: the stages after the grid write the workspace and log to its MLflow
         store, so the driver's `dvc repro` runs them."""
-        from annlab import io, store
+        from annlab import io
 
         ray = self._ray
         data = {
@@ -603,12 +641,12 @@ class RayExecutor:
                         outcome = Outcome(cell, status, error=_ray_error(exc))
                     if outcome.status == "trained":
                         write_outputs(outcome)
-                        if not (outcome.logged or told):
+                        if outcome.unlogged and not told:
                             told = True
                             print(
-                                f"{outcome.worker}: this Ray worker cannot reach MLflow's store"
-                                f" ({store.redact(place.uri)}); the report stage files the runs of the"
-                                " cells it trains from their outputs",
+                                f"{outcome.worker}: this Ray worker does not log to MLflow's store"
+                                f" {store.redact(place.uri)} ({outcome.unlogged}): the report stage files"
+                                " the runs of the cells it trains from their outputs",
                                 flush=True,
                             )
                     yield outcome

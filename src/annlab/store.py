@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -21,6 +21,11 @@ def repo_root() -> Path:
 
 
 SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """A SQLite store's database file; None for other stores."""
+    return Path(uri.removeprefix(SQLITE)) if uri.startswith(SQLITE) else None
 
 
 def tracking_uri() -> str:
@@ -114,6 +119,10 @@ class Place:
     machine: str  # the driver's `machine()`
     commit: str  # the driver's checked-out commit, which its workers' runs record
     folder: tuple[int, int] | None = None  # a SQLite store's folder: (device, inode)
+    local_only: bool = False  # a server at an address of the driver's own (loopback)
+    # The driver's MLflow settings, credentials included, for the task to set while it runs
+    # (not Ray's runtime env, which Ray shows in its dashboard and job records).
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 def _folder_id(path: Path) -> tuple[int, int] | None:
@@ -124,40 +133,48 @@ def _folder_id(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def _own_address(uri: str) -> bool:
+    """Whether a server's host is an address of this machine's own that no other machine shares:
+    a loopback or unspecified address, or a name that resolves to one here."""
+    host = urllib.parse.urlsplit(uri).hostname or ""
+    try:
+        found = socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return False
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found}
+    return any(a.is_loopback or a.is_unspecified for a in addresses)
+
+
 def place() -> Place | None:
     """The driver's store, for its Ray workers; None when the stages log nothing ($ANNLAB_OFFLINE)."""
     if offline():
         return None
     uri = tracking_uri()
-    folder = _folder_id(Path(uri.removeprefix(SQLITE)).parent) if uri.startswith(SQLITE) else None
-    return Place(uri, machine(), git_commit(), folder)
+    folder = None
+    if (db := sqlite_path(uri)) is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)  # as the first stage to log would
+        folder = _folder_id(db.parent)
+    settings = (k for k in os.environ if k.startswith("MLFLOW_") and k != "MLFLOW_TRACKING_URI")
+    env = tuple(sorted((k, os.environ[k]) for k in settings))
+    return Place(uri, machine(), git_commit(), folder, is_server(uri) and _own_address(uri), env)
 
 
-def _loopback(uri: str) -> bool:
-    host = urllib.parse.urlsplit(uri).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def reach(store: Place | None) -> str | None:
-    """The store's URI if this process can log to it as the driver does; None if not (the
+def reach(place: Place | None) -> str | None:
+    """The store's URI if this process can reach it as the driver does; None if not (the
     driver's report stage then files the run from the DVC outputs).
 
-    A SQLite file can be reached on the driver's machine only, and must be the same folder there
-    (not a container's own file at the same path). A tracking server must answer; one on a
-    loopback address is the driver's only on the driver's machine. Other stores (a database
-    server, say) are left to the driver.
+    A SQLite file can be reached on the driver's machine only, in the same folder there (not a
+    container's own file at the same path), if this process may write there. A tracking server
+    must answer; one at an address of the driver's own only on the driver's machine. Other
+    stores (a database server, say) are left to the driver.
     """
-    if store is None:
+    if place is None:
         return None
-    here = machine() == store.machine
-    if store.uri.startswith(SQLITE):
-        folder = _folder_id(Path(store.uri.removeprefix(SQLITE)).parent)
-        return store.uri if here and folder is not None and folder == store.folder else None
-    if is_server(store.uri) and (here or not _loopback(store.uri)) and unreachable(store.uri) is None:
-        return store.uri
+    here = machine() == place.machine
+    if (db := sqlite_path(place.uri)) is not None:
+        same = here and place.folder is not None and _folder_id(db.parent) == place.folder
+        writable = os.access(db.parent, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+        return place.uri if same and writable else None
+    if is_server(place.uri) and (here or not place.local_only) and unreachable(place.uri) is None:
+        return place.uri
     return None

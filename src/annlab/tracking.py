@@ -35,6 +35,7 @@ from annlab.store import (  # noqa: F401  (re-exported: the stages use them as t
     offline,
     redact,
     repo_root,
+    sqlite_path,
     tracking_uri,
     unreachable,
 )
@@ -140,8 +141,7 @@ def store_lock(uri: str) -> contextlib.AbstractContextManager[object]:
     """
     from filelock import FileLock
 
-    if uri.startswith(SQLITE):
-        db = Path(uri.removeprefix(SQLITE))
+    if (db := sqlite_path(uri)) is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(f"{db}.lock", timeout=300)
     parts = urllib.parse.urlsplit(uri)
@@ -230,10 +230,10 @@ def experiment_id(name: str) -> str:
                 client.set_experiment_tag(found.experiment_id, KIND_TAG, MODEL_TRAINING)
             return found.experiment_id
         location = None
-        if uri.startswith(SQLITE):
+        if (db := sqlite_path(uri)) is not None:
             # Next to the database, not under whatever directory the stage happens to run in
             # (queued experiments run in temporary copies of the repo).
-            location = (Path(uri.removeprefix(SQLITE)).parent / "mlartifacts").as_uri()
+            location = (db.parent / "mlartifacts").as_uri()
         try:
             return client.create_experiment(name, artifact_location=location, tags={KIND_TAG: MODEL_TRAINING})
         except mlflow.exceptions.MlflowException:

@@ -139,12 +139,7 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
             run_id, since = finished[0].info.run_id, finished[0].info.start_time
         else:
             run_id, since = rebuild_run(params, row, meta, out, exp_id, parent_id), None
-        for stale in runs:
-            # Left RUNNING by a stage that lost the server mid-run, or by a worker killed mid-cell
-            # whose cell was trained again: the run that counts replaces it.
-            if stale.info.status == "RUNNING" and (since is None or stale.info.start_time < since):
-                client.set_tag(stale.info.run_id, tracking.SUPERSEDED_TAG, run_id)
-                client.set_terminated(stale.info.run_id, "FAILED")
+        supersede_stale(client, runs, run_id, since)
         run_of[cell, seed] = run_id
         before = client.get_run(run_id)
         try:
@@ -205,6 +200,19 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
     )
     if headline["best_cell"] is not None:
         print(register_best(params, rows, headline, out, run_of))
+
+
+def supersede_stale(client: Any, runs: list[Any], run_id: str, since: int | None) -> None:
+    """Mark FAILED, replaced by `run_id`, the runs of its key left RUNNING by a stage that lost
+    the server mid-run or a worker killed mid-cell: those begun before `since` (the finished
+    run's start, in ms; None for a run just rebuilt from the outputs: all). One begun later is
+    a rerun still training, and is left alone."""
+    from annlab import tracking
+
+    for stale in runs:
+        if stale.info.status == "RUNNING" and (since is None or stale.info.start_time < since):
+            client.set_tag(stale.info.run_id, tracking.SUPERSEDED_TAG, run_id)
+            client.set_terminated(stale.info.run_id, "FAILED")
 
 
 def model_seed(rows: pd.DataFrame, cell: str) -> int:
