@@ -26,15 +26,13 @@ from mlflow.tracking import MlflowClient
 from annlab import io
 from annlab.errors import Interrupted, UserError
 from annlab.params import OWN_DATA_KEYS, ModelType, OptimizerName, Params
-from annlab.store import (  # noqa: F401  (re-exported: the stages use them as tracking.*)
+from annlab.store import (
     HTTP_DEFAULTS,
     OFFLINE_ENV,
-    SQLITE,
     git_commit,
     is_server,
     offline,
     redact,
-    repo_root,
     sqlite_path,
     tracking_uri,
     unreachable,
