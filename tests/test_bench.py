@@ -72,6 +72,33 @@ def test_the_training_verdict_says_when_the_math_differs_at_one_seed() -> None:
     )
 
 
+def test_the_no_op_load_is_counted_from_dvc_lock(tmp_path: Path) -> None:
+    folder = {"hash": "md5", "md5": "0" * 32 + ".dir", "size": 9, "nfiles": 3}
+    (tmp_path / "dvc.lock").write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "schema": "2.0",
+                "stages": {
+                    "a": {"cmd": "a", "deps": [{"path": "x", "md5": "1"}], "outs": [{"path": "d", **folder}]},
+                    "b": {
+                        "cmd": "b",
+                        "deps": [{"path": "d", **folder}, {"path": "y", "md5": "2"}],
+                        "params": {"params.yaml": {"seed": 1}},
+                        "outs": [{"path": "z", "md5": "3"}],
+                    },
+                },
+            }
+        )
+    )
+    load = _bench()._lock_load(tmp_path)
+    assert {k: v for k, v in load.items() if k != "lock_kib"} == {
+        "paths": 5,
+        "folders": 2,
+        "files_in_folders": 6,
+        "stages_with_params": 1,
+    }
+
+
 @pytest.mark.slow
 def test_the_benchmark_runs_and_reports_every_part(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
@@ -98,6 +125,10 @@ def test_the_benchmark_runs_and_reports_every_part(
     assert pipeline["stages"] == 6 + pipeline["cells"]  # validate ... report around the cells
     assert "of a one-stage pipeline (DVC's floor" in text
     assert f"DVC alone takes {pipeline['noop_floor']['median']:.2f} s" in text
+    chain, load = pipeline["noop_chain"]["median"], pipeline["noop_load"]
+    assert f"A chain of {pipeline['stages']} stages of one file each takes {chain:.2f} s" in text
+    assert load["stages_with_params"] == pipeline["stages"] - 1  # all but validate
+    assert load["files_in_folders"] > load["folders"] > 0 and load["paths"] > pipeline["stages"]
     assert pipeline["pipeline"]["median"] > 0 and pipeline["tutorial"]["median"] > 0
     stages = {"validate", "fetch", "preprocess", "train", "evaluate", "plot", "report"}
     assert set(pipeline["peak_rss_mib"]) == stages
