@@ -546,22 +546,30 @@ def paired(training: dict[str, Any], side: str, against: str) -> list[float]:
 
 
 def training_target(training: dict[str, Any]) -> tuple[str, str]:
-    """The training target's measured figures and verdict: annlab's speed-up over the tutorial
-    as it is, and every seed's final accuracy within 0.3 points of the tutorial's from the same
-    seed; whether annlab's equals the tutorial's at annlab's thread count is said beside it."""
+    """The training target's measured figures and verdict, as SPEC.md words it: annlab's
+    speed-up over the tutorial as it is, and annlab's final accuracy identical to the
+    tutorial's at annlab's intra-op thread count at every seed (the same math, summed in the
+    same order). Where the tutorial at its default thread count ends elsewhere, which its own
+    rounding can do, that is said beside it; the figures are against the tutorial as it is."""
     speedup = training["tutorial"]["epoch"]["median"] / training["annlab"]["epoch"]["median"]
+    seeds = training["seeds"]
     diffs = paired(training, "annlab", "tutorial")
-    seeds = ", ".join(f"{d:+.2f} at seed {seed}" for seed, d in zip(training["seeds"], diffs, strict=True))
-    outside = [seed for seed, d in zip(training["seeds"], diffs, strict=True) if abs(d) > 0.3]
-    same = not any(paired(training, "annlab", "tutorial_annlab_threads"))
-    detail = f"{speedup / 4:.0%} of 4×" + (
-        f"; accuracy off by more than 0.3 points at seed {_and(outside)}" if outside else ""
-    )
-    detail += "; annlab's accuracy " + ("equals" if same else "does **not** equal")
-    detail += " the tutorial's at annlab's thread count at " + (
-        "every seed" if len(diffs) > 1 else "this seed"
-    )
-    return f"{speedup:.2f}×; accuracy {seeds} (points)", _verdict(speedup >= 4 and not outside, detail)
+    measured = ", ".join(f"{d:+.2f} at seed {seed}" for seed, d in zip(seeds, diffs, strict=True))
+    differs = [
+        seed
+        for seed, d in zip(seeds, paired(training, "annlab", "tutorial_annlab_threads"), strict=True)
+        if d
+    ]
+    detail = f"{speedup / 4:.0%} of 4×; annlab's accuracy "
+    if differs:
+        detail += f"does **not** equal the tutorial's at annlab's thread count at seed {_and(differs)}"
+    else:
+        detail += "equals the tutorial's at annlab's thread count at " + (
+            "every seed" if len(seeds) > 1 else "this seed"
+        )
+    if moved := [seed for seed, d in zip(seeds, diffs, strict=True) if d]:
+        detail += f"; the tutorial at its default thread count ends elsewhere at seed {_and(moved)}"
+    return f"{speedup:.2f}×; accuracy {measured} (points)", _verdict(speedup >= 4 and not differs, detail)
 
 
 def _and(items: list[Any]) -> str:
@@ -619,7 +627,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "| target | measured | verdict |",
         "|---|---|---|",
-        "| training throughput ≥ 4× the tutorial's `fit`, accuracy within 0.3 points"
+        "| training throughput ≥ 4× the tutorial's `fit`, results identical to the tutorial's at the"
+        " same intra-op thread count"
         f" | {training_measured} | {training_verdict} |",
         f"| default grid from nothing ≤ 0.5× the tutorial's script once per cell | {ratio:.2f}×"
         f" | {_verdict(ratio <= 0.5, f'{ratio - 0.5:+.2f}× against 0.5×')} |",

@@ -36,27 +36,48 @@ def _training(seconds: dict[str, float], accuracy: dict[str, list[float]]) -> di
 
 
 @pytest.mark.parametrize(
-    ("annlab", "tutorial", "annlab_seconds", "verdict"),
+    ("annlab", "at_its_threads", "annlab_seconds", "verdict"),
     [
-        # identical at every seed and 5x: met
-        ([0.92, 0.95, 0.93], [0.92, 0.95, 0.93], 1.0, "met: 125% of 4×"),
-        # one seed 0.68 points off: missed, however the other seeds agree
-        ([0.9239, 0.95, 0.93], [0.9307, 0.95, 0.93], 1.0, "**missed**: 125% of 4×; accuracy off by more"),
-        # within 0.3 points at every seed but too slow: missed
-        ([0.921, 0.95, 0.93], [0.92, 0.95, 0.93], 1.3, "**missed**: 96% of 4×; annlab's accuracy"),
+        # identical to the tutorial at annlab's thread count at every seed, and 5x: met
+        ([0.92, 0.95, 0.93], [0.92, 0.95, 0.93], 1.0, "met: 125% of 4×; annlab's accuracy equals"),
+        # 5x, but one seed's math differs from the tutorial's at the same thread count: missed
+        (
+            [0.92, 0.95, 0.9301],
+            [0.92, 0.95, 0.93],
+            1.0,
+            "**missed**: 125% of 4×; annlab's accuracy does **not** equal the tutorial's at annlab's"
+            " thread count at seed 44",
+        ),
+        # the same math but too slow: missed
+        ([0.92, 0.95, 0.93], [0.92, 0.95, 0.93], 1.3, "**missed**: 96% of 4×; annlab's accuracy equals"),
     ],
 )
-def test_the_training_verdict_holds_every_seed_to_the_accuracy_bound(
-    annlab: list[float], tutorial: list[float], annlab_seconds: float, verdict: str
+def test_the_training_verdict_holds_every_seed_to_the_tutorials_math_at_the_same_threads(
+    annlab: list[float], at_its_threads: list[float], annlab_seconds: float, verdict: str
 ) -> None:
+    tutorial = [0.92, 0.95, 0.93]
     training = _training(
         {"tutorial": 5.0, "annlab": annlab_seconds, "tutorial_annlab_threads": 4.0},
-        {"tutorial": tutorial, "annlab": annlab, "tutorial_annlab_threads": annlab},
+        {"tutorial": tutorial, "annlab": annlab, "tutorial_annlab_threads": at_its_threads},
     )
     measured, said = _bench().training_target(training)
     assert said.startswith(verdict)
-    assert "equals the tutorial's at annlab's thread count at every seed" in said
     assert measured.startswith(f"{5.0 / annlab_seconds:.2f}×; accuracy ")
+
+
+def test_the_tutorials_own_rounding_at_its_default_threads_is_said_but_does_not_miss() -> None:
+    """On a CPU where TensorFlow splits an op over two threads (the AMD EPYC: no oneDNN), the
+    tutorial as it is ended seed 42 0.68 points from its own result at one thread, annlab's."""
+    training = _training(
+        {"tutorial": 5.0, "annlab": 1.0, "tutorial_annlab_threads": 4.0},
+        {"tutorial": [0.9307, 0.95], "annlab": [0.9239, 0.95], "tutorial_annlab_threads": [0.9239, 0.95]},
+    )
+    measured, said = _bench().training_target(training)
+    assert measured == "5.00×; accuracy -0.68 at seed 42, +0.00 at seed 43 (points)"
+    assert said == (
+        "met: 125% of 4×; annlab's accuracy equals the tutorial's at annlab's thread count at every"
+        " seed; the tutorial at its default thread count ends elsewhere at seed 42"
+    )
 
 
 def test_the_training_verdict_says_when_the_math_differs_at_one_seed() -> None:
@@ -67,8 +88,8 @@ def test_the_training_verdict_says_when_the_math_differs_at_one_seed() -> None:
     measured, said = _bench().training_target(training)
     assert measured == "5.00×; accuracy +0.00 at seed 42 (points)"
     assert said == (
-        "met: 125% of 4×; annlab's accuracy does **not** equal the tutorial's at annlab's thread"
-        " count at this seed"
+        "**missed**: 125% of 4×; annlab's accuracy does **not** equal the tutorial's at annlab's"
+        " thread count at seed 42"
     )
 
 
