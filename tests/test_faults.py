@@ -367,22 +367,26 @@ def _running_with_curves(client: MlflowClient) -> bool:
 
 def _dvc_run_cache_race(output: str) -> bool:
     """Whether DVC failed a stage in its own run-cache race. DVC 3.67 saves a run-cache entry
-    as a `.tmp` file in the stage's folder of `.dvc/cache/runs`, then renames it; a process
-    restoring the same stage at that moment may read the file half-written, call it corrupted,
-    and fail deleting it once it is renamed ("failed to reproduce ... No such file"). Concurrent
-    experiments share the cache and their first stages, so they can meet there; annlab's code
-    is not involved."""
-    return bool(re.search(r"corrupted cache file '[^']*cache/runs/[^']*\.tmp'", output))
+    as a `.tmp` file in the stage's folder of `.dvc/cache/runs`, then renames it, while a
+    process restoring the same stage lists that folder: the reader may find the file
+    half-written, call it corrupted and fail deleting it once renamed, or delete it first so
+    that the writer's rename fails, or fail reading its time. Each ends in "No such file or
+    directory" on the `.tmp` file. Concurrent experiments share the cache and their first
+    stages, so they can meet there; annlab's code is not involved."""
+    return bool(re.search(r"No such file or directory: '[^']*cache/runs/[^']*\.tmp'", output))
 
 
 def test_the_run_cache_race_is_told_from_other_failures() -> None:
-    race = (
-        "WARNING: corrupted cache file '../../../../cache/runs/78/78f4/.h_o6NNXHsZityg84Eb1U2A.tmp'.\n"
-        "ERROR: failed to reproduce 'fetch': [Errno 2] No such file or directory: '.../.h_o6N.tmp'"
+    tmp = "/r/.dvc/cache/runs/78/78f4/.h_o6NNXHsZityg84Eb1U2A.tmp"
+    reader = (
+        f"WARNING: corrupted cache file '{tmp}'.\n"
+        f"ERROR: failed to reproduce 'fetch': [Errno 2] No such file or directory: '{tmp}'"
     )
-    assert _dvc_run_cache_race(race)
-    assert not _dvc_run_cache_race("WARNING: corrupted cache file '.dvc/cache/runs/78/78f4/3a9b'.")
-    assert not _dvc_run_cache_race("ERROR: failed to reproduce 'train@ann-adam-relu': database is locked")
+    writer = f"ERROR: failed to reproduce 'fetch': [Errno 2] No such file or directory: '{tmp}' -> '/r/x'"
+    assert _dvc_run_cache_race(reader) and _dvc_run_cache_race(writer)
+    # the warning alone, with another error, is not the race
+    assert not _dvc_run_cache_race(f"WARNING: corrupted cache file '{tmp}'.\nERROR: database is locked")
+    assert not _dvc_run_cache_race("ERROR: [Errno 2] No such file or directory: 'data/processed/seed-1'")
 
 
 @pytest.mark.slow
@@ -412,14 +416,15 @@ def test_eight_dvc_exp_runs_at_once_all_land_once(
             for rate in rates
         ]
         done = [job.result() for job in jobs]
-    # An experiment that DVC's own run-cache race failed (below) is run again once, alone; any
+    combined = "".join(p.stdout + p.stderr for p in done)
+    # An experiment that DVC's own run-cache race failed (above) is run again once, alone; any
     # other failure, or that race twice, fails the test.
     for i, (rate, proc) in enumerate(zip(rates, done, strict=True)):
         if proc.returncode != 0 and _dvc_run_cache_race(proc.stdout + proc.stderr):
             done[i] = dvc(repo, *argv, f"optimizers.adam.learning_rate={rate}", store=uri, check=False)
+            combined += done[i].stdout + done[i].stderr
     failed = [f"{p.stdout}\n{p.stderr}" for p in done if p.returncode != 0]
     assert not failed, failed[0]
-    combined = "".join(p.stdout + p.stderr for p in done)
     assert "database is locked" not in combined
 
     shown = json.loads(dvc(repo, "exp", "show", "--json", store=uri).stdout)
