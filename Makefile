@@ -52,7 +52,7 @@ venv: $(STAMP) ## Create .venv from the pinned requirements (done by the other t
 repro: venv ## Run the pipeline: only what changed; stale cells on JOBS warm workers (or Ray: RAY_ADDRESS)
 	@# Before DVC itself reads params.yaml to expand the grid, so even a broken grid gets our message.
 	@PYTHONPATH=src python -m annlab.stages.validate --params params.yaml --params-only
-	PYTHONPATH=src python -m annlab.repro --jobs $(JOBS) --executor $(EXECUTOR)
+	PYTHONPATH=src python -m annlab.run.repro --jobs $(JOBS) --executor $(EXECUTOR)
 
 sweep: venv ## Queue one experiment per value of SET (key=v1,v2), run JOBS at a time, show them
 	@PYTHONPATH=src python -m annlab.stages.validate --params params.yaml --params-only

@@ -57,7 +57,7 @@ def synthetic_mnist(path: Path, n_train: int, n_test: int, seed: int = 0) -> Non
 def scaled_mnist(arrays: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """x, y, x_test, y_test of MNIST-keyed `arrays` (a dict or an open .npz file) as annlab's
     preprocess gives them: flat float32 images in [0, 1] (its minmax scaling), one-hot labels."""
-    from annlab.metrics import one_hot
+    from annlab.report.metrics import one_hot
 
     x, xt = (arrays[k].reshape(len(arrays[k]), -1).astype(np.float32) / 255 for k in ("x_train", "x_test"))
     return x, one_hot(arrays["y_train"], 10), xt, one_hot(arrays["y_test"], 10)
@@ -65,9 +65,9 @@ def scaled_mnist(arrays: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 def annlab_mlp_model(n_train: int, seed: int, speed: Any) -> Any:
     """The tutorial's 784-128-64-10 MLP as annlab builds and compiles it (Adam, ReLU, batch 32),
-    seeded; `speed` is an `annlab.speed.Speed`."""
-    from annlab import model as annmodel
+    seeded; `speed` is an `annlab.train.speed.Speed`."""
     from annlab.params import Params
+    from annlab.train import model as annmodel
 
     params = Params.model_validate({"model": {"hidden_units": [128, 64]}, "train": {"batch_size": 32}})
     annmodel.seed_everything(seed)
@@ -90,8 +90,8 @@ def epoch_timer(seconds: list[float]) -> Any:
 
 def annlab_mlp(data_path: str, epochs: int, seed: int) -> None:
     """annlab's training of the tutorial's MLP (what the train stage runs), as JSON on stdout."""
-    from annlab import model as annmodel
-    from annlab.speed import Speed
+    from annlab.train import model as annmodel
+    from annlab.train.speed import Speed
 
     speed = Speed.from_env()
     annmodel.configure(speed)
@@ -113,10 +113,10 @@ def mlflow_overhead(runs: int) -> None:
     import mlflow
 
     imported = time.perf_counter() - started
-    from annlab import model as annmodel
-    from annlab import tracking
     from annlab.params import Params
-    from annlab.speed import Speed
+    from annlab.track import tracking
+    from annlab.train import model as annmodel
+    from annlab.train.speed import Speed
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
@@ -190,7 +190,7 @@ def bench_training(repeats: int, epochs: int, n_train: int, n_test: int, tmp: Pa
     annlab with Keras' `fit` in place of its own loop, and annlab with XLA. Run `r` of every
     side trains from seed SEED + r: each seed is compared side by side, and the accuracy's
     median is over seeds rather than over copies of one seed's."""
-    from annlab.speed import Speed
+    from annlab.train.speed import Speed
 
     data = tmp / "mnist_like.npz"
     synthetic_mnist(data, n_train, n_test)
@@ -256,7 +256,7 @@ def _make_repro(repo: Path, env: dict[str, str], jobs: int) -> float:
         repo,
         env,
     )
-    _timed([sys.executable, "-m", "annlab.repro", "--jobs", str(jobs)], repo, env)
+    _timed([sys.executable, "-m", "annlab.run.repro", "--jobs", str(jobs)], repo, env)
     return time.perf_counter() - started
 
 
@@ -427,7 +427,7 @@ def _set_params(repo: Path, overrides: dict[str, Any]) -> None:
 
 
 def _cell_stats(path: Path) -> list[dict[str, Any]]:
-    """The executor's line per trained cell (annlab.repro.record_stats), in the order they finished."""
+    """The executor's line per trained cell (annlab.run.repro.record_stats), in the order they finished."""
     if not path.exists():
         return []
     lines = [json.loads(line) for line in path.read_text().splitlines()]

@@ -25,9 +25,9 @@ import tensorflow as tf
 from bench import SEED, annlab_mlp_model, epoch_timer, scaled_mnist, stats, synthetic_mnist_arrays
 from keras import ops
 
-from annlab import loop as annloop
-from annlab import model as annmodel
-from annlab.speed import Speed
+from annlab.train import loop as annloop
+from annlab.train import model as annmodel
+from annlab.train.speed import Speed
 
 BATCH = 32
 SINGLE_THREADED = "SINGLE_THREADED_EXECUTOR"
@@ -157,7 +157,7 @@ def keras_fit(
 
 
 def annlab_loop(run: Run) -> tuple[list, np.ndarray, float]:
-    """annlab's own loop (annlab/loop.py), which `annlab.model.fit` runs by default, called
+    """annlab's own loop (annlab/loop.py), which `annlab.train.model.fit` runs by default, called
     directly, as `keras_fit` calls Keras' `fit`."""
     x, y, xt, yt = run.data
     speed = Speed()

@@ -38,7 +38,7 @@ def dvc(repo: Path, *args: str, store: str | None, check: bool = True) -> subpro
 
 def repro(repo: Path, jobs: int, store: str | None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the pipeline as `make repro JOBS=<jobs>` does (after its params check)."""
-    return _run(repo, [sys.executable, "-m", "annlab.repro", "--jobs", str(jobs)], store, check)
+    return _run(repo, [sys.executable, "-m", "annlab.run.repro", "--jobs", str(jobs)], store, check)
 
 
 def _run(repo: Path, argv: list[str], store: str | None, check: bool) -> subprocess.CompletedProcess[str]:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from annlab import confidence as conf
-from annlab.confidence import holm, main_effect, paired, t_interval, verdicts, wilson
+from annlab.report import confidence as conf
+from annlab.report.confidence import holm, main_effect, paired, t_interval, verdicts, wilson
 
 
 def test_the_t_interval_of_one_to_five_by_hand() -> None:

@@ -24,9 +24,11 @@ import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from annlab import executor, io, store
+from annlab import io
 from annlab.errors import UserError
-from annlab.executor import cell_from_command, ray_resources, version_mismatch
+from annlab.run import cell as executor
+from annlab.run.cell import cell_from_command, ray_resources, version_mismatch
+from annlab.track import store
 from conftest import dvc, free_port, one_ray_cluster, repro, small_repo
 
 CELLS = ["ann-sgd-relu", "ann-sgd-tanh", "ann-adam-relu", "ann-adam-tanh"]
@@ -146,7 +148,7 @@ def _popen(repo: Path, *args: str, env: dict[str, str] | None = None) -> subproc
         **(env or {}),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "annlab.repro", *args],
+        [sys.executable, "-m", "annlab.run.repro", *args],
         cwd=repo,
         env=full,
         stdout=subprocess.PIPE,
@@ -226,7 +228,7 @@ def test_a_version_mismatch_names_both_versions() -> None:
 
 
 def test_only_a_missing_dependency_stops_the_stages_after_the_grid_on_a_worker() -> None:
-    from annlab.repro import missing_deps
+    from annlab.run.repro import missing_deps
 
     # As `dvc status` words it: an output gone (a fresh clone) is rewritten by the stage itself.
     assert missing_deps({"evaluate": [{"changed outs": {"reports/predictions": "deleted"}}]}) == []
@@ -240,7 +242,7 @@ def test_workers_start_early_only_when_a_cell_may_train(monkeypatch: pytest.Monk
     overlap that work) when a cell or an upstream stage is stale: JOBS of them, or one with Ray
     (for the stages after the grid); none for the cold `dvc` executor, or when only stages after
     the grid are; unused, they are stopped at once."""
-    from annlab import repro as rp
+    from annlab.run import repro as rp
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # annlab's dvc.yaml
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -289,7 +291,7 @@ def test_the_executor_reports_where_cells_run_and_each_cell(grids: dict) -> None
 def test_stages_after_the_grid_run_in_turn_on_a_warm_worker(tmp_path: Path) -> None:
     """The executor asks for what comes after the cells only once every cell is done, runs each
     stage on a warm worker with what it printed, and names a stage that fails."""
-    from annlab.executor import Cell, LocalExecutor
+    from annlab.run.cell import Cell, LocalExecutor
 
     shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
     jobs = [

@@ -444,11 +444,11 @@ def test_eight_dvc_exp_runs_at_once_all_land_once(
 @pytest.fixture
 def stop_signals() -> Iterator[None]:
     """annlab's SIGINT and SIGTERM handlers in this process, as a stage has them; restored after."""
-    from annlab import cli
+    from annlab import runtime
 
     saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when pytest runs in the background
-    cli.handle_stop_signals()
+    runtime.handle_stop_signals()
     yield
     signal.signal(signal.SIGINT, saved[0])
     signal.signal(signal.SIGTERM, saved[1])
@@ -464,9 +464,9 @@ def _fit_signalling_self(
     import keras
     import numpy as np
 
-    from annlab import loop
-    from annlab import model as annmodel
-    from annlab.speed import Speed
+    from annlab.train import loop
+    from annlab.train import model as annmodel
+    from annlab.train.speed import Speed
 
     class SignalSelf(keras.callbacks.Callback):
         step = 0
@@ -503,7 +503,7 @@ def test_a_signal_during_training_ends_it_after_the_step_then_raises(
 ) -> None:
     """An exception thrown into TensorFlow mid-training can corrupt its heap (the process then
     aborts, its temporary outputs left behind): training stops between steps instead."""
-    from annlab import cli
+    from annlab import runtime
 
     ended: list[int] = []
     with pytest.raises(raised):
@@ -511,7 +511,7 @@ def test_a_signal_during_training_ends_it_after_the_step_then_raises(
     # Training ended with the third epoch, mid-way, not at the end of 100: the step after the
     # signal saw it, and fit returned before the signal was raised.
     assert ended == [0, 1, 2]
-    assert not cli.stop_requested()  # raised, so no longer pending
+    assert not runtime.stop_requested()  # raised, so no longer pending
 
     # One that comes at an epoch's end (during validation or a callback's work) ends training there.
     ended.clear()
@@ -532,15 +532,15 @@ def test_a_second_signal_stops_training_at_once() -> None:
     code = (
         "import os, signal, sys\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from annlab import cli\n"
+        "from annlab import runtime\n"
         "from annlab.errors import Interrupted\n"
         "from test_faults import _fit_signalling_self\n"
-        "cli.handle_stop_signals()\n"
+        "runtime.handle_stop_signals()\n"
         "ended = []\n"
         "try:\n"
         "    _fit_signalling_self({('step', 20): [signal.SIGTERM, signal.SIGTERM]}, ended)\n"
         "except Interrupted:\n"
-        "    print('ended', ended, 'pending', cli.stop_requested(), flush=True)\n"
+        "    print('ended', ended, 'pending', runtime.stop_requested(), flush=True)\n"
         "    os._exit(0)\n"
         "print('not interrupted', ended, flush=True)\n"
         "os._exit(1)\n"

@@ -13,8 +13,8 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from annlab import datasets
-from annlab.datasets import FetchError, RemoteFile
+from annlab.data import datasets
+from annlab.data.datasets import FetchError, RemoteFile
 from annlab.stages import fetch
 from conftest import free_port
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from annlab.metrics import evaluate, loss, one_hot
+from annlab.report.metrics import evaluate, loss, one_hot
 
 
 @pytest.fixture(params=[0, 1, 2])

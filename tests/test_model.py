@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from annlab import metrics
 from annlab.errors import UserError
-from annlab.model import build_model, compiled_model, make_optimizer, seed_everything
 from annlab.params import Params, parse_params
+from annlab.report import metrics
+from annlab.train.model import build_model, compiled_model, make_optimizer, seed_everything
 
 OPTIMIZERS = ["sgd", "adam", "rmsprop"]
 ACTIVATIONS = ["relu", "tanh", "sigmoid"]

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from annlab import features, owndata
+from annlab.data import features, owndata
 from annlab.errors import DataError
 from annlab.params import Params, parse_params
 from conftest import REPO
@@ -365,7 +365,7 @@ def test_validate_stage_refuses_in_one_line_and_writes_nothing(tmp_path: Path) -
 def test_make_repro_names_a_data_path_that_does_not_exist(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from annlab import repro
+    from annlab.run import repro
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("data: {dataset: images, path: pictures}\n")

@@ -431,7 +431,7 @@ def test_a_cell_killed_mid_training_is_trained_again_by_the_next_repro(pipeline:
     assert "train@ann-sgd-relu" in stale
     # The first seed's run was killed; a later seed's never began.
     from annlab.params import load_params
-    from annlab.tracking import cell_run_name
+    from annlab.track.tracking import cell_run_name
 
     seeds = load_params(repo / "params.yaml").seeds
     killed = [

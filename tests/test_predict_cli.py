@@ -56,16 +56,16 @@ def test_a_cell_without_seed_folders_says_so(models: Path) -> None:
 
 
 def test_a_seed_folder_under_models_is_found_there(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import annlab.served
+    import annlab.serve.served
 
-    monkeypatch.setattr(annlab.served.Predictor, "load", staticmethod(lambda folder: folder))
+    monkeypatch.setattr(annlab.serve.served.Predictor, "load", staticmethod(lambda folder: folder))
     predictor, where = load_predictor("ann-adam-relu/seed-2", None, models)
     assert predictor == models / "ann-adam-relu" / "seed-2" and where == str(predictor)
 
 
 def test_predict_skips_what_an_os_leaves_in_a_folder_of_images(tmp_path: Path) -> None:
     """A Mac zip's __MACOSX/ is no class, and its ._ files are no images, as in training."""
-    from annlab import served
+    from annlab.serve import served
 
     photos = tmp_path / "photos"
     (photos / "__MACOSX").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Code tests: how a trained model takes raw inputs (`annlab.served.Predictor`), and refuses
+"""Code tests: how a trained model takes raw inputs (`annlab.serve.served.Predictor`), and refuses
 what does not fit with one message naming the schema."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from annlab import features
-from annlab.model import build_model
+from annlab.data import features
 from annlab.params import Params
-from annlab.served import InputError, Predictor
+from annlab.serve.served import InputError, Predictor
+from annlab.train.model import build_model
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_rows_are_taken_by_position_and_infinity_is_refused(table: Predictor) ->
 
 
 def test_a_csv_to_predict_is_read_as_training_read_it(tmp_path: Path) -> None:
-    from annlab.served import read_inputs
+    from annlab.serve.served import read_inputs
 
     frame = pd.DataFrame(
         {"zip": pd.array(["01234", "02139", None, "01234"], "string"), "n": [1.0, 2.0, 3.0, 4.0]}

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annlab import io, owndata
-from annlab.datasets import load_digits
-from annlab.features import apply_scaler, fit_scaler
+from annlab import io
+from annlab.data import owndata
+from annlab.data.datasets import load_digits
+from annlab.data.features import apply_scaler, fit_scaler
 from annlab.params import DataParams, ParamsError
 from annlab.stages import preprocess
 from annlab.stages.preprocess import split_indices

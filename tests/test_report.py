@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from annlab import metrics
-from annlab import report as rep
 from annlab.params import Params, parse_params
+from annlab.report import metrics
+from annlab.report import tables as rep
 
 GRID = {"optimizer": ["sgd", "adam"], "activation": ["relu", "tanh"]}
 N_PARAMS = {"ann": 6570, "cnn": 109738}
@@ -452,7 +452,7 @@ def test_an_all_diverged_cell_is_worse_and_the_forest_plot_draws_the_rest(tmp_pa
     analysis = rep.analyze(rows)
     assert analysis.verdicts["ann-sgd-tanh"].verdict == "worse"
     assert analysis.verdicts["ann-sgd-tanh"].comparison.pairs == 0  # type: ignore[union-attr]
-    from annlab import figures
+    from annlab.report import figures
 
     fig = rep.forest_figure(rep.summarize(rows), analysis, "t")
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
@@ -564,7 +564,7 @@ def test_reports_registering_side_by_side_add_one_version_per_grid_and_one_champ
 
     from mlflow.tracking import MlflowClient
 
-    from annlab import tracking
+    from annlab.track import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -604,8 +604,8 @@ def test_runs_left_running_before_the_run_that_counts_are_marked_replaced_and_la
     begun after that one is someone's rerun still training: it is left alone."""
     from mlflow.tracking import MlflowClient
 
-    from annlab import tracking
     from annlab.stages.report import supersede_stale
+    from annlab.track import tracking
 
     client = MlflowClient(mlflow_store)
     exp = client.create_experiment("annlab")

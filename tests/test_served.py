@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 from test_owndata import real_table
 
-from annlab import metrics, served
+from annlab.report import metrics
+from annlab.serve import served
 from conftest import REPO, free_port, repro, small_repo
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from annlab.errors import UserError
-from annlab.repro import lanes
-from annlab.speed import INTER_ENV, INTRA_ENV, JIT_ENV, LOOP_ENV, STEPS_ENV, Speed
+from annlab.run.repro import lanes
+from annlab.train.speed import INTER_ENV, INTRA_ENV, JIT_ENV, LOOP_ENV, STEPS_ENV, Speed
 
 # Three Gaussian blobs of 8 features, one-hot labels: 100 samples to train on, 30 to validate.
 BLOBS = """
@@ -31,10 +31,10 @@ TRAIN = (
     """
 import hashlib, json
 import numpy as np
-from annlab import model as m
-from annlab.metrics import one_hot
+from annlab.train import model as m
+from annlab.report.metrics import one_hot
 from annlab.params import Params
-from annlab.speed import Speed
+from annlab.train.speed import Speed
 
 speed = Speed.from_env()
 m.configure(speed)
@@ -104,10 +104,10 @@ COMPARE = (
 import hashlib, json
 import keras
 import numpy as np
-from annlab import loop, model as m
-from annlab.metrics import one_hot
+from annlab.train import loop, model as m
+from annlab.report.metrics import one_hot
 from annlab.params import Params
-from annlab.speed import Speed
+from annlab.train.speed import Speed
 
 m.configure(Speed())
 """
@@ -220,9 +220,9 @@ def test_annlab_loop_gives_keras_fit_bits_for_every_optimizer_and_architecture()
     ids=["amsgrad", "centered-rmsprop", "weight-decay", "clipnorm", "ema", "xla", "eager", "no-metrics"],
 )
 def test_annlab_loop_leaves_what_it_does_not_write_out_to_keras(optimizer: str, change: object) -> None:
-    from annlab import loop
-    from annlab.model import compiled_model
     from annlab.params import Params
+    from annlab.train import loop
+    from annlab.train.model import compiled_model
 
     model = compiled_model(Params().for_cell("ann", optimizer, "relu"), (2, 4), 3)
     assert loop.supported(model)
@@ -270,7 +270,7 @@ def test_speed_is_read_from_the_environment() -> None:
     assert Speed.from_env({}) == Speed()
     speed = Speed.from_env({STEPS_ENV: "16", INTRA_ENV: "0", INTER_ENV: "4", JIT_ENV: "true"})
     assert speed == Speed(steps_per_execution=16, intra_op_threads=0, inter_op_threads=4, jit_compile=True)
-    assert speed.tags()["annlab.speed.jit_compile"] == "true"
+    assert speed.tags()["annlab.train.speed.jit_compile"] == "true"
     assert Speed.from_env({LOOP_ENV: "0"}) == Speed(own_loop=False)
 
 
@@ -298,7 +298,7 @@ REUSE = (
         'small = {"cnn"', 'small = {"ann": {"dropout": 0.2}, "cnn"'
     )
     + """
-from annlab import loop
+from annlab.train import loop
 
 def train(seed, previous=None):
     m.seed_everything(seed)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from annlab import store
+from annlab.track import store
 from conftest import free_port
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from annlab import tracking
 from annlab.errors import Interrupted, UserError
 from annlab.params import Params
+from annlab.track import tracking
 from conftest import free_port
 
 

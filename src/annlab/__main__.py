@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from annlab import cli
+from annlab import runtime
 from annlab.errors import UserError
 
 REPORT_MODULE = "annlab.stages.report"
@@ -81,7 +81,8 @@ def predict(argv: list[str] | None) -> None:
 
     import numpy as np
 
-    from annlab import io, served
+    from annlab import io
+    from annlab.serve import served
 
     predictor, source = load_predictor(args.model, args.seed, args.models)
     where = " ".join(map(str, args.input))
@@ -116,12 +117,13 @@ def predict(argv: list[str] | None) -> None:
 
 def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
     """The predictor `ref` names, and how to say where it came from."""
-    from annlab import io, served
+    from annlab import io
+    from annlab.serve import served
 
     if ref.startswith(("models:/", "runs:/")):
         import mlflow
 
-        from annlab import tracking
+        from annlab.track import tracking
 
         mlflow.set_tracking_uri(tracking.tracking_uri())  # the project's store, or $MLFLOW_TRACKING_URI
         try:
@@ -173,7 +175,8 @@ def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
 
 def in_use_seed(seeds: dict[int, Path]) -> int:
     """A cell's model in use, from its seeds' folders (`served.in_use_seed`)."""
-    from annlab import io, served
+    from annlab import io
+    from annlab.serve import served
 
     metas = {s: io.read_json(d / "meta.json") for s, d in seeds.items()}
     trained = {s: m["best_val_accuracy"] for s, m in metas.items() if not m["diverged"]}
@@ -190,7 +193,7 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(f"usage: annlab {{{','.join(COMMANDS)}}} [options]\n\n{__doc__}", file=sys.stderr)
         sys.exit(2)
-    cli.run(COMMANDS[sys.argv[1]], sys.argv[2:])
+    runtime.run(COMMANDS[sys.argv[1]], sys.argv[2:])
 
 
 if __name__ == "__main__":

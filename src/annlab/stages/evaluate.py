@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from annlab import cli, io, metrics
+from annlab import io, runtime
 from annlab.errors import UserError
 from annlab.params import load_params
+from annlab.report import metrics
 
 
 def predictions_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> str:
@@ -28,7 +29,7 @@ def predictions_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[st
 def evaluate_cell(model_dir: Path, data_dir: Path, names: list[str]) -> dict:
     """Test one cell's model of each seed on that seed's test split: per-seed metrics, the
     summed confusion matrix and every (actual, predicted) pair."""
-    from annlab.model import load_model, probabilities
+    from annlab.train.model import load_model, probabilities
 
     seeds: list[dict[str, Any]] = []
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
@@ -71,7 +72,7 @@ def evaluate_cell(model_dir: Path, data_dir: Path, names: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Predict the test split with every cell's models, in one process (TensorFlow loads once);
     write per-seed and per-cell metrics, one file per cell."""
-    p = cli.parser(__doc__)
+    p = runtime.parser(__doc__)
     p.add_argument("--models", type=Path, required=True, help="train's output folders, one per cell")
     p.add_argument("--data", type=Path, required=True, help="preprocess's output folder")
     p.add_argument("--metrics", type=Path, required=True, help="folder: metrics JSON per cell")
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)  # a bad params file stops here too, before any output is touched
     import logging
 
-    from annlab.model import configure
-    from annlab.speed import Speed
+    from annlab.train.model import configure
+    from annlab.train.speed import Speed
 
     configure(Speed.from_env())
     # Each loaded model traces its own predict function; TensorFlow warns of "retracing" from
@@ -112,4 +113,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runtime.run(main)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from annlab import cli, datasets, io, owndata
+from annlab import io, runtime
+from annlab.data import datasets, owndata
 from annlab.params import load_params
 
 
 def main(argv: list[str] | None = None) -> None:
     """Load, download or read the dataset named in params, check it, and save it."""
-    p = cli.parser(__doc__)
+    p = runtime.parser(__doc__)
     p.add_argument(
         "--out", type=Path, required=True, help="folder: info.json, labels.npy, x.npy or table.parquet"
     )
@@ -31,4 +32,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runtime.run(main)

@@ -7,8 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from annlab import cli, figures, io
+from annlab import io, runtime
 from annlab.params import Cell, Params, load_params
+from annlab.report import figures
 
 
 def curves_figure(histories: dict[int, pd.DataFrame], title: str) -> Any:
@@ -79,7 +80,7 @@ def draw_cell(cell: Cell, params: Params, history_dir: Path, report: dict[str, A
 def main(argv: list[str] | None = None) -> None:
     """Draw every cell's learning curves (over its seeds) and test confusion matrix, the cells
     shared out over the cores (matplotlib draws on one)."""
-    p = cli.parser(__doc__)
+    p = runtime.parser(__doc__)
     p.add_argument("--history", type=Path, required=True, help="train's history folders, one per cell")
     p.add_argument("--eval", type=Path, required=True, help="evaluate's report JSON per cell")
     p.add_argument("--out", type=Path, required=True, help="folder: <cell>/curves.png, confusion_matrix.png")
@@ -108,4 +109,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runtime.run(main)

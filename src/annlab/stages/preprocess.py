@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from annlab import cli, features, io, owndata
+from annlab import io, runtime
+from annlab.data import features, owndata
 from annlab.errors import ParamsError
 from annlab.params import DataParams, load_params
 
@@ -59,7 +60,7 @@ def save_raw_test(folder: Path, raw: owndata.OwnData, index: np.ndarray, target:
 
 def main(argv: list[str] | None = None) -> None:
     """Split, transform and save the arrays, the fitted preprocessing and a description of the data."""
-    p = cli.parser(__doc__)
+    p = runtime.parser(__doc__)
     p.add_argument("--raw", type=Path, required=True, help="fetch's output folder")
     p.add_argument("--out", type=Path, required=True, help="folder for the processed arrays")
     args = p.parse_args(argv)
@@ -114,4 +115,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runtime.run(main)

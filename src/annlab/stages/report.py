@@ -13,11 +13,12 @@ from typing import Any
 
 import pandas as pd
 
-from annlab import cli, figures, io
-from annlab import report as rep
+from annlab import io, runtime
 from annlab.errors import UserError
-from annlab.metrics import SEED_METRICS
 from annlab.params import Params, load_params
+from annlab.report import figures
+from annlab.report import tables as rep
+from annlab.report.metrics import SEED_METRICS
 
 
 def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -96,7 +97,7 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from annlab import tracking
+    from annlab.track import tracking
 
     exp_id = tracking.experiment_id(params.mlflow.experiment)  # sets the store: before any client
     client = MlflowClient()
@@ -207,7 +208,7 @@ def supersede_stale(client: Any, runs: list[Any], run_id: str, since: int | None
     the server mid-run or a worker killed mid-cell: those begun before `since` (the finished
     run's start, in ms; None for a run just rebuilt from the outputs: all). One begun later is
     a rerun still training, and is left alone."""
-    from annlab import tracking
+    from annlab.track import tracking
 
     for stale in runs:
         if stale.info.status == "RUNNING" and (since is None or stale.info.start_time < since):
@@ -217,7 +218,7 @@ def supersede_stale(client: Any, runs: list[Any], run_id: str, since: int | None
 
 def model_seed(rows: pd.DataFrame, cell: str) -> int:
     """Which of a cell's seeds stands for it in use (`served.in_use_seed`)."""
-    from annlab.served import in_use_seed
+    from annlab.serve.served import in_use_seed
 
     runs = rows[(rows["cell"] == cell) & ~rows["diverged"].astype(bool)]
     return in_use_seed(dict(zip(runs["seed"].astype(int), runs["best_val_accuracy"], strict=True)))
@@ -230,7 +231,7 @@ def register_best(
     policy says (`champion_policy`); a line saying what happened."""
     from mlflow.tracking import MlflowClient
 
-    from annlab import tracking
+    from annlab.track import tracking
 
     client = MlflowClient()
     name = params.mlflow.registered_model
@@ -289,7 +290,7 @@ def register(client: Any, name: str, key: str, new_version: Callable[[], Any]) -
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from annlab import tracking
+    from annlab.track import tracking
 
     with tracking.store_lock(mlflow.get_tracking_uri()):
         try:
@@ -326,8 +327,8 @@ def champion_policy(client: Any, name: str, new: Any) -> tuple[bool, str]:
     """
     from mlflow.exceptions import MlflowException
 
-    from annlab import confidence as conf
-    from annlab import tracking
+    from annlab.report import confidence as conf
+    from annlab.track import tracking
 
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
@@ -382,7 +383,7 @@ def rebuild_run(
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from annlab import tracking
+    from annlab.track import tracking
 
     client = MlflowClient()
     cell, seed, grid_id = row["cell"], int(row["seed"]), params.grid_id()
@@ -448,7 +449,7 @@ def rebuild_run(
 
 def main(argv: list[str] | None = None) -> None:
     """Write the comparison report, its CSVs and figures; file the grid in MLflow."""
-    p = cli.parser(__doc__)
+    p = runtime.parser(__doc__)
     p.add_argument("--data", type=Path, required=True, help="preprocess's output (the test split)")
     p.add_argument("--eval", type=Path, required=True, help="evaluate's per-cell report folder")
     p.add_argument("--history", type=Path, required=True, help="train's per-cell history folders")
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params)
 
-    from annlab import tracking
+    from annlab.track import tracking
 
     if args.mlflow_only and tracking.offline():
         raise UserError(f"{tracking.OFFLINE_ENV} is set: unset it to upload the runs to MLflow")
@@ -522,7 +523,7 @@ def write_report(
     args: Any,
 ) -> None:
     """Write the comparison report, its CSVs and its figures (the paths `args` names)."""
-    from annlab.tracking import code_version
+    from annlab.track.tracking import code_version
 
     data_name = params.data.label
     summary = rep.summarize(rows)
@@ -553,4 +554,4 @@ def _relative(path: Path, start: Path) -> str:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runtime.run(main)

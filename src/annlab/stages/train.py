@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any, get_args
 
-from annlab import cli, io
-from annlab.metrics import one_hot
+from annlab import io, runtime
 from annlab.params import Activation, ModelType, OptimizerName, cell_name, load_params
-from annlab.speed import Speed
+from annlab.report.metrics import one_hot
+from annlab.train.speed import Speed
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
     Returns what a warm worker reports of the cell: its final validation accuracy (the mean
     over the seeds that did not diverge; None if all did) and its training seconds.
     """
-    p = cli.parser(__doc__)
+    p = runtime.parser(__doc__)
     p.add_argument("--model", required=True, choices=get_args(ModelType))
     p.add_argument("--optimizer", required=True, choices=get_args(OptimizerName))
     p.add_argument("--activation", required=True, choices=get_args(Activation))
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
     import mlflow
     from mlflow.entities import Metric
 
-    from annlab import model as annmodel
-    from annlab import tracking
+    from annlab.track import tracking
+    from annlab.train import model as annmodel
 
     annmodel.configure(speed)
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
             self.steps_done = batch + 1  # Keras passes the last batch of the step
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            if cli.stop_requested() and self.steps_done < (self.params.get("steps") or 0):
+            if runtime.stop_requested() and self.steps_done < (self.params.get("steps") or 0):
                 return  # a signal cut this epoch short: its metrics are not an epoch's (run KILLED)
             logs = {k: float(v) for k, v in (logs or {}).items()}
             now_ms = int(time.time() * 1000)
@@ -238,4 +238,4 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runtime.run(main)

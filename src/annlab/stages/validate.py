@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from annlab import cli, io
+from annlab import io, runtime
 from annlab.params import load_params
 
 # Constant on purpose: the stamp orders `validate` before `fetch` without making a valid
@@ -15,7 +15,7 @@ STAMP = "params.yaml validated; see dvc.yaml stage 'validate'\n"
 
 def main(argv: list[str] | None = None) -> None:
     """Validate the params file and the data it names; write the stamp (without --stamp: only check)."""
-    p = cli.parser(__doc__)
+    p = runtime.parser(__doc__)
     p.add_argument("--stamp", type=Path, help="file written when params are valid")
     p.add_argument(
         "--params-only",
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params, complete=True)
     if not params.data.builtin and not args.params_only:
-        from annlab import owndata
+        from annlab.data import owndata
 
         data = owndata.read(params.data)
         owndata.check(data, params, params.data.path)
@@ -35,4 +35,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runtime.run(main)

@@ -2,7 +2,7 @@
 
 After the stages upstream of the grid, each stale cell is first looked up in DVC's run cache
 (a teammate's push, an earlier grid) and checked out if there; the rest go to an executor
-(`annlab.executor`): warm local worker processes, or a Ray cluster when RAY_ADDRESS is set.
+(`annlab.run.cell`): warm local worker processes, or a Ray cluster when RAY_ADDRESS is set.
 Local workers start before the upstream stages run, so that their imports overlap them, and
 once the cells are done one of them runs the stale stages after the grid (evaluate, plot,
 report); with Ray, one local worker is started for those stages alone. Each finished cell or
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from annlab.executor import Cell, Outcome
+    from annlab.run.cell import Cell, Outcome
 
 GRID_STAGE = "train"  # the matrix stage whose cells run side by side
 UPSTREAM = "preprocess"  # the last stage before the grid
@@ -82,7 +82,7 @@ def prune_lock(repo_dir: str | Path = ".", repo: Any = None, index: Any = None) 
 
 def stale_cells(repo: Any) -> list[Cell]:
     """The grid's cells whose DVC stage is not up to date, in dvc.yaml's order."""
-    from annlab.executor import cell_from_command
+    from annlab.run.cell import cell_from_command
 
     changed = set(repo.status(targets=[GRID_STAGE]))
     return [
@@ -156,7 +156,7 @@ def on_ray(kind: str) -> bool:
 
 def make_executor(kind: str, jobs: int) -> Any:
     """The executor `kind` names (`auto`: Ray when RAY_ADDRESS is set, local processes otherwise)."""
-    from annlab.executor import LocalExecutor, RayExecutor
+    from annlab.run.cell import LocalExecutor, RayExecutor
 
     if on_ray(kind):
         address = os.environ.get(RAY_ADDRESS_ENV, "").strip() or "auto"
@@ -169,7 +169,7 @@ def make_executor(kind: str, jobs: int) -> Any:
 def record_stats(outcome: Outcome) -> None:
     """For `make bench` (ANNLAB_STAGE_STATS set): a trained cell's seconds, its training's, and
     its worker's peak memory, as the stages write theirs."""
-    from annlab.cli import STATS_ENV
+    from annlab.runtime import STATS_ENV
 
     if path := os.environ.get(STATS_ENV):
         line = {
@@ -296,7 +296,7 @@ class StagesAfter:
     one, are left to the final `dvc repro`."""
 
     def __init__(self, repo: Any, failed: Callable[[], int], stop: StopRequests) -> None:
-        from annlab.executor import stage_from_command
+        from annlab.run.cell import stage_from_command
 
         self.repo, self.stop = repo, stop
         self.failed = failed  # how many cells or stages failed or were interrupted so far
@@ -428,7 +428,7 @@ def early_workers(kind: str, jobs: int, stale: dict[str, Any]) -> Any:
     one, for the stages after the grid (they write this workspace and its MLflow store, which
     the cluster cannot reach). None for the cold `dvc` executor, or when only stages after the
     grid are stale (no cell to train: a worker's imports would cost what a cold stage's do)."""
-    from annlab.executor import LocalExecutor
+    from annlab.run.cell import LocalExecutor
 
     if kind == "dvc":
         return None

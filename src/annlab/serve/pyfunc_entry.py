@@ -3,6 +3,6 @@ model, so no pickle of a Python object is ever stored or loaded."""
 
 import mlflow
 
-from annlab.pyfunc import AnnlabModel
+from annlab.serve.pyfunc import AnnlabModel
 
 mlflow.models.set_model(AnnlabModel())

@@ -3,7 +3,7 @@ the dataset has them), class names and probabilities out.
 
 Each model folder `models/<cell>/seed-<n>/` holds all it needs: `model.keras`, the
 preprocessing fitted on its training split (`preprocessing.json`) and what its data is
-(`dataset.json`). `Predictor` reads them; `annlab.pyfunc` wraps it for MLflow, so a logged,
+(`dataset.json`). `Predictor` reads them; `annlab.serve.pyfunc` wraps it for MLflow, so a logged,
 registered or served model takes the same raw inputs.
 """
 
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from annlab import features, io, owndata
+from annlab import io
+from annlab.data import features, owndata
 from annlab.errors import UserError
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Predictor:
                 f"{folder}: not a trained model folder (it lacks {', '.join(missing)}); a model "
                 f"folder is models/<cell>/seed-<n>/ after `make repro`"
             )
-        from annlab.model import load_model
+        from annlab.train.model import load_model
 
         model = model if model is not None else load_model(folder / MODEL_FILE)
         return cls(model, io.read_json(folder / PREPROCESSING), io.read_json(folder / DATASET))
@@ -105,7 +106,7 @@ class Predictor:
 
     def probabilities(self, x: Any) -> np.ndarray:
         """Each input's class probabilities, columns in `class_names` order."""
-        from annlab.model import probabilities
+        from annlab.train.model import probabilities
 
         # As evaluate predicts (the same call): the same inputs give the same bits.
         return probabilities(self.model, self.prepare(x))

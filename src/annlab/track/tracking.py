@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from annlab import io
 from annlab.errors import Interrupted, UserError
 from annlab.params import OWN_DATA_KEYS, ModelType, OptimizerName, Params
-from annlab.store import (
+from annlab.track.store import (
     HTTP_DEFAULTS,
     OFFLINE_ENV,
     git_commit,
@@ -333,7 +333,7 @@ def log_cell_outputs(
 ) -> None:
     """Log what train wrote for one seed of a cell to the active run: time, divergence, parameter
     count, history CSV, summary and (unless it diverged) the model, which takes raw inputs
-    (`annlab.pyfunc`).
+    (`annlab.serve.pyfunc`).
 
     Args:
         split_dir: the data split the seed trained on (its raw test rows give the input example).
@@ -348,7 +348,7 @@ def log_cell_outputs(
     mlflow.log_artifact(str(seed_dir / "model_summary.txt"))
     if meta["diverged"] or not with_model:  # NaN weights: no model worth serving
         return
-    from annlab import pyfunc
+    from annlab.serve import pyfunc
 
     pyfunc.log_model(seed_dir, split_dir, pip_requirements(), model)
 

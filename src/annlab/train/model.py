@@ -10,10 +10,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from annlab import cli, loop
+from annlab import runtime
 from annlab.errors import UserError
 from annlab.params import ModelParams, OptimizersParams, Params
-from annlab.speed import Speed
+from annlab.train import loop
+from annlab.train.speed import Speed
 
 VALIDATION_BATCH = 1024
 LOSSES = {"categorical_crossentropy": "categorical_crossentropy", "mse": "mean_squared_error"}
@@ -137,7 +138,7 @@ class StopWhenAsked(keras.callbacks.Callback):
     asked to stop (one that came during validation or a callback's work is seen there)."""
 
     def _stop_if_asked(self, step_or_epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if cli.stop_requested():
+        if runtime.stop_requested():
             self.model.stop_training = True
 
     on_train_batch_end = on_epoch_end = _stop_if_asked
@@ -158,7 +159,7 @@ def fit(
     Shuffled each epoch by Keras (from the seed `seed_everything` set), as in the tutorial.
     Validation runs in batches of VALIDATION_BATCH: it only predicts, so the batch size does
     not change what is learned, and 313 batches of 32 (MNIST's test set) cost more than 10.
-    Under `cli.run` (every stage), SIGINT and SIGTERM end it after the current step (an epoch,
+    Under `runtime.run` (every stage), SIGINT and SIGTERM end it after the current step (an epoch,
     by default) and that epoch's validation, and are raised then.
 
     With `speed.own_loop` (on by default), annlab's loop (annlab/loop.py) trains a model it
@@ -167,7 +168,7 @@ def fit(
     """
     callbacks = [*(callbacks or []), StopWhenAsked()]  # last: sees what came during the others
     validation_batch = max(batch_size, VALIDATION_BATCH)
-    with cli.deferred_stop():  # Ctrl-C ends training between steps; raised once fit has returned
+    with runtime.deferred_stop():  # Ctrl-C ends training between steps; raised once fit has returned
         if speed is not None and speed.own_loop and loop.supported(model):
             history: Any = loop.fit(
                 model,

@@ -20,11 +20,12 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from annlab import served
 from annlab.errors import UserError
+from annlab.serve import served
 
 ARTIFACT = "model_dir"
-PACKAGE = Path(__file__).resolve().parent  # src/annlab: shipped with the model
+PACKAGE = Path(__file__).resolve().parents[1]  # src/annlab: shipped with the model
+ENTRY = Path(__file__).resolve().parent / "pyfunc_entry.py"
 
 
 class AnnlabModel(mlflow.pyfunc.PythonModel):
@@ -99,7 +100,7 @@ def log_model(seed_dir: Path, split_dir: Path, pip_requirements: list[str], mode
                 artifact_path=None,
                 name="model",
                 flavor=mlflow.pyfunc,
-                python_model=str(PACKAGE / "pyfunc_entry.py"),  # models from code: no pickle
+                python_model=str(ENTRY),  # models from code: no pickle
                 artifacts={ARTIFACT: str(bundle)},
                 code_paths=[str(PACKAGE)],
                 signature=signature(predictor),

@@ -20,7 +20,7 @@ gives the same bits (tests/test_speed.py compares it with `fit` for every optimi
   not traced again (about a second of each digits run).
 
 `supported` says when it applies (annlab's optimizers and settings, on CPU); otherwise
-`annlab.model.fit` calls Keras' `fit`.
+`annlab.train.model.fit` calls Keras' `fit`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The comparison report of a grid, from DVC outputs: per-seed rows, per-cell summaries with
-95 % intervals over seeds, which cells are tied with the best (`annlab.confidence`), pivot
+95 % intervals over seeds, which cells are tied with the best (`annlab.report.confidence`), pivot
 tables, a leaderboard, plain sentences and figures. Pure functions; the `report` stage reads
 and writes the files."""
 
@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from annlab import confidence as conf
-from annlab import figures
-from annlab.metrics import SEED_METRICS, mean_std
 from annlab.params import Params, cell_name
+from annlab.report import confidence as conf
+from annlab.report import figures
+from annlab.report.metrics import SEED_METRICS, mean_std
 
 ROW_COLUMNS = [
     "cell",

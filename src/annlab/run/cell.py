@@ -5,7 +5,7 @@ worker imports them once and trains many cells in turn, each exactly as the stag
 would (`annlab.stages.train.main` with the arguments dvc.yaml gives it), so a cell has the
 same bits whichever worker trains it. A local worker also runs the stages after the grid
 (evaluate, plot, report) once the cells are done, the same way. The executor only runs
-them: `annlab.repro` decides which are stale and records each finished one with DVC.
+them: `annlab.run.repro` decides which are stale and records each finished one with DVC.
 
 - `LocalExecutor`: JOBS worker processes on this machine. They log to MLflow as the stage does
   and write their outputs into the workspace. A worker that dies (SIGKILL, out of memory) is
@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from annlab import store
 from annlab.errors import Interrupted, UserError
+from annlab.track import store
 
 CPUS_ENV = "ANNLAB_CPUS_PER_CELL"
 GPUS_ENV = "ANNLAB_GPUS_PER_CELL"
@@ -180,9 +180,9 @@ def warm_up() -> None:
     import keras  # noqa: F401
     import mlflow  # noqa: F401
 
-    from annlab import model as annmodel
-    from annlab.speed import Speed
     from annlab.stages import train  # noqa: F401
+    from annlab.train import model as annmodel
+    from annlab.train.speed import Speed
 
     annmodel.configure(Speed.from_env())
 
@@ -205,11 +205,11 @@ def _watch_parent() -> None:
 
 def _local_worker(conn: Any) -> None:
     """A worker's life: warm up, then train the cells the driver sends until it sends None."""
-    from annlab import cli
+    from annlab import runtime
 
     os.setpgrp()  # Ctrl-C reaches the driver only, which asks each worker to stop exactly once
     _watch_parent()
-    cli.handle_stop_signals()
+    runtime.handle_stop_signals()
     try:
         warm_up()
         conn.send(("ready", os.getpid()))
@@ -521,7 +521,7 @@ def _cannot_log(place: store.Place, experiment: str) -> str:
         return "it cannot reach it from there"
     from mlflow.tracking import MlflowClient
 
-    from annlab import tracking
+    from annlab.track import tracking
 
     try:
         exp_id = tracking.experiment_id(experiment)

@@ -1,0 +1,1 @@
+"""The report part: statistics and tables, Markdown, figures and the test metrics."""
