@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from annlab.params import Params, parse_params
-from annlab.report import metrics
+from annlab.report import charts, figures, metrics
+from annlab.report import markdown as md
 from annlab.report import tables as rep
 
 GRID = {"optimizer": ["sgd", "adam"], "activation": ["relu", "tanh"]}
@@ -130,7 +131,7 @@ def test_best_cell_of_an_all_diverged_grid_is_none() -> None:
         ]
     )
     assert rep.best_cell(rep.summarize(rows)) is None
-    markdown = rep.comparison_markdown(_params(), rows, _timings(rows), "abc", {})
+    markdown = md.comparison_markdown(_params(), rows, _timings(rows), "abc", {})
     assert "Every cell diverged" in markdown
     assert _pivot(markdown, "Test accuracy")["adam", "tanh"] == "diverged (epoch 2)"
 
@@ -143,7 +144,7 @@ def _timings(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_pivots_show_each_cell_and_mark_the_best(one_seed: pd.DataFrame) -> None:
-    markdown = rep.comparison_markdown(_params(), one_seed, _timings(one_seed), "0123456789ab", {})
+    markdown = md.comparison_markdown(_params(), one_seed, _timings(one_seed), "0123456789ab", {})
     accuracy = _pivot(markdown, "Test accuracy")
     assert accuracy == {
         ("sgd", "relu"): "diverged (epoch 4)",
@@ -165,7 +166,7 @@ def test_pivots_over_seeds_read_mean_and_t_interval_with_the_tie_group_in_bold(
     three_seeds: pd.DataFrame,
 ) -> None:
     params = _params([1, 2, 3])
-    markdown = rep.comparison_markdown(params, three_seeds, _timings(three_seeds), "abc", {})
+    markdown = md.comparison_markdown(params, three_seeds, _timings(three_seeds), "abc", {})
     accuracy = _pivot(markdown, "Test accuracy")
     # 0.89 ± t(0.975, 2) * 0.01 / sqrt(3) = 0.89 ± 4.3027 * 0.005774
     assert accuracy["sgd", "tanh"] == "0.8900 [0.8652, 0.9148]"
@@ -181,7 +182,7 @@ def test_pivots_over_seeds_read_mean_and_t_interval_with_the_tie_group_in_bold(
 
 
 def test_leaderboard_ranks_every_cell_with_diverged_last(one_seed: pd.DataFrame) -> None:
-    markdown = rep.comparison_markdown(_params(), one_seed, _timings(one_seed), "abc", {})
+    markdown = md.comparison_markdown(_params(), one_seed, _timings(one_seed), "abc", {})
     table = markdown.split("## Leaderboard\n\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
     order = [line.split("|")[2].strip().strip("*") for line in table]
     assert order == ["ann-adam-relu", "ann-adam-tanh", "ann-sgd-tanh", "ann-sgd-relu"]
@@ -190,11 +191,11 @@ def test_leaderboard_ranks_every_cell_with_diverged_last(one_seed: pd.DataFrame)
 def test_metric_tables_do_not_depend_on_timings(one_seed: pd.DataFrame) -> None:
     fast, slow = _timings(one_seed), _timings(one_seed)
     slow["train_seconds"] *= 3
-    a = rep.comparison_markdown(_params(), one_seed, fast, "abc", {})
-    b = rep.comparison_markdown(_params(), one_seed, slow, "abc", {})
+    a = md.comparison_markdown(_params(), one_seed, fast, "abc", {})
+    b = md.comparison_markdown(_params(), one_seed, slow, "abc", {})
     assert a != b
-    assert a.split(rep.TIMING_HEADING)[0] == b.split(rep.TIMING_HEADING)[0]
-    assert a.index(rep.TIMING_HEADING) > a.index("## Leaderboard")
+    assert a.split(md.TIMING_HEADING)[0] == b.split(md.TIMING_HEADING)[0]
+    assert a.index(md.TIMING_HEADING) > a.index("## Leaderboard")
 
 
 def test_csv_has_a_row_per_cell_and_seed_with_every_metric(three_seeds: pd.DataFrame) -> None:
@@ -231,7 +232,7 @@ def test_ties_are_judged_at_the_precision_shown() -> None:
     a["macro_f1"], b["macro_f1"] = 0.97, 0.95
     rows = _frame([a, b, _row("ann-sgd-relu", 42, 0.5), _row("ann-sgd-tanh", 42, 0.5)])
     assert rep.best_cell(rep.summarize(rows)) == "ann-adam-relu"  # both read 0.9600; F1 decides
-    markdown = rep.comparison_markdown(_params(), rows, _timings(rows), "abc", {})
+    markdown = md.comparison_markdown(_params(), rows, _timings(rows), "abc", {})
     accuracy = _pivot(markdown, "Test accuracy")
     assert accuracy["adam", "relu"] == accuracy["adam", "tanh"] == "**0.9600**"
 
@@ -304,7 +305,7 @@ def architectures() -> tuple[Params, pd.DataFrame]:
 
 def test_each_architecture_gets_its_own_tables(architectures: tuple[Params, pd.DataFrame]) -> None:
     params, rows = architectures
-    markdown = rep.comparison_markdown(params, rows, _timings(rows), "abc", {})
+    markdown = md.comparison_markdown(params, rows, _timings(rows), "abc", {})
     ann = _pivot(markdown, "Test accuracy", "ann 64-32")
     cnn = _pivot(markdown, "Test accuracy", "cnn 64-128 / 64-32")
     assert ann == {("sgd", "relu"): "0.9000", ("sgd", "tanh"): "0.9100", ("adam", "relu"): "0.9600",
@@ -315,7 +316,7 @@ def test_each_architecture_gets_its_own_tables(architectures: tuple[Params, pd.D
     )
     assert "**Best: cnn-adam-relu**" in markdown
     # Training time: one row per architecture, then a table each.
-    timing = markdown.split(rep.TIMING_HEADING, 1)[1]
+    timing = markdown.split(md.TIMING_HEADING, 1)[1]
     assert re.search(r"\n\| ann 64-32 +\| 2\.0 +\| 0\.200 +\|\n", timing)
     assert "### cnn 64-128 / 64-32" in timing
     assert markdown.startswith("# Which architecture, optimizer and activation train best? (digits)")
@@ -323,7 +324,7 @@ def test_each_architecture_gets_its_own_tables(architectures: tuple[Params, pd.D
 
 def test_architectures_table_is_the_best_over_activations(architectures: tuple[Params, pd.DataFrame]) -> None:
     params, rows = architectures
-    markdown = rep.comparison_markdown(params, rows, _timings(rows), "abc", {})
+    markdown = md.comparison_markdown(params, rows, _timings(rows), "abc", {})
     table = _pivot(markdown, "Architectures")
     assert table["ann 64-32", "sgd"] == "0.9100 (tanh)"
     assert table["ann 64-32", "adam"] == "0.9700 (tanh)"
@@ -349,12 +350,12 @@ def test_summary_metrics_hold_the_best_cell_per_architecture(
 
 def test_figures_draw_a_panel_per_architecture(architectures: tuple[Params, pd.DataFrame]) -> None:
     params, rows = architectures
-    heatmap = rep.heatmap_figure(rep.summarize(rows), params, "test_accuracy", "Test accuracy")
+    heatmap = charts.heatmap_figure(rep.summarize(rows), params, "test_accuracy", "Test accuracy")
     titled = [ax.get_title() for ax in heatmap.axes if ax.get_title()]
     assert titled == ["ann 64-32", "cnn 64-128 / 64-32"]
     history = pd.DataFrame({"epoch": [1, 2], "val_accuracy": [0.5, 0.6], "val_loss": [1.0, 0.8]})
     histories = {cell.name: {42: history} for cell in params.cells()}
-    curves = rep.curves_figure(histories, params, "activation", "curves")
+    curves = charts.curves_figure(histories, params, "activation", "curves")
     titles = [ax.get_title() for ax in curves.axes]
     assert len(titles) == 2 * 2 * 2  # (accuracy, loss) x architectures, by activations
     assert titles[0] == "ann 64-32: activation relu" and titles[-1] == "cnn 64-128 / 64-32: activation tanh"
@@ -387,7 +388,7 @@ def test_verdicts_agree_with_a_recomputation_from_the_csv() -> None:
 
     rows = _five_seeds()
     csv = pd.read_csv(stdio.StringIO(rep.rows_csv(rows)))
-    markdown = rep.comparison_markdown(_params([1, 2, 3, 4, 5]), rows, _timings(rows), "abc", {})
+    markdown = md.comparison_markdown(_params([1, 2, 3, 4, 5]), rows, _timings(rows), "abc", {})
     board = {r["cell"].strip("*"): r for r in _table(markdown, "Leaderboard")}
     acc = csv.pivot(index="seed", columns="cell", values="test_accuracy")
     best = acc.mean().idxmax()
@@ -412,7 +413,7 @@ def test_verdicts_agree_with_a_recomputation_from_the_csv() -> None:
 
 def test_the_sentences_agree_with_the_tables() -> None:
     rows = _five_seeds()
-    markdown = rep.comparison_markdown(_params([1, 2, 3, 4, 5]), rows, _timings(rows), "abc", {})
+    markdown = md.comparison_markdown(_params([1, 2, 3, 4, 5]), rows, _timings(rows), "abc", {})
     board = {r["cell"].strip("*"): r for r in _table(markdown, "Leaderboard")}
     said = markdown.split("## What the data says\n\n", 1)[1].split("\n\n", 1)[0]
     tied = [c for c, r in board.items() if r["verdict"] == "tied"]
@@ -452,9 +453,7 @@ def test_an_all_diverged_cell_is_worse_and_the_forest_plot_draws_the_rest(tmp_pa
     analysis = rep.analyze(rows)
     assert analysis.verdicts["ann-sgd-tanh"].verdict == "worse"
     assert analysis.verdicts["ann-sgd-tanh"].comparison.pairs == 0  # type: ignore[union-attr]
-    from annlab.report import figures
-
-    fig = rep.forest_figure(rep.summarize(rows), analysis, "t")
+    fig = charts.forest_figure(rep.summarize(rows), analysis, "t")
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels[-1] == analysis.best and "ann-sgd-tanh" not in labels
     figures.save(fig, tmp_path / "forest.png")
@@ -510,7 +509,7 @@ CHAMPION_CASES = [
 def test_the_champion_moves_only_beyond_its_interval_or_to_new_data(
     champion: object | None, new: object, moves: bool, why: str
 ) -> None:
-    from annlab.stages.report import champion_policy
+    from annlab.track.registry import champion_policy
 
     move, reason = champion_policy(_Registry(champion), "annlab", new)
     assert move is moves and why in reason
@@ -521,7 +520,7 @@ import json, os, sys, time
 from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
-from annlab.stages.report import register
+from annlab.track.registry import register
 
 uri, key, barrier, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 
@@ -604,8 +603,8 @@ def test_runs_left_running_before_the_run_that_counts_are_marked_replaced_and_la
     begun after that one is someone's rerun still training: it is left alone."""
     from mlflow.tracking import MlflowClient
 
-    from annlab.stages.report import supersede_stale
     from annlab.track import tracking
+    from annlab.track.filing import supersede_stale
 
     client = MlflowClient(mlflow_store)
     exp = client.create_experiment("annlab")

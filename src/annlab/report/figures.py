@@ -1,5 +1,5 @@
-"""Matplotlib helpers the plot and report stages share: a display-free backend, byte-stable
-PNGs, and per-epoch curves pooled over seeds."""
+"""Matplotlib helpers the plot and report stages share: a display-free backend, byte-stable PNGs,
+per-epoch curves pooled over seeds."""
 
 from __future__ import annotations
 
