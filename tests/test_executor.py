@@ -26,8 +26,9 @@ from mlflow.tracking import MlflowClient
 
 from annlab import io
 from annlab.errors import UserError
-from annlab.run import cell as executor
-from annlab.run.cell import cell_from_command, ray_resources, version_mismatch
+from annlab.run import ray as ray_executor
+from annlab.run.cell import cell_from_command
+from annlab.run.ray import ray_resources, version_mismatch
 from annlab.track import store
 from conftest import dvc, free_port, one_ray_cluster, repro, small_repo
 
@@ -291,16 +292,17 @@ def test_the_executor_reports_where_cells_run_and_each_cell(grids: dict) -> None
 def test_stages_after_the_grid_run_in_turn_on_a_warm_worker(tmp_path: Path) -> None:
     """The executor asks for what comes after the cells only once every cell is done, runs each
     stage on a warm worker with what it printed, and names a stage that fails."""
-    from annlab.run.cell import Cell, LocalExecutor
+    from annlab.run.cell import Job
+    from annlab.run.local import LocalExecutor
 
     shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
     jobs = [
-        Cell("ok", ("--params", str(tmp_path / "params.yaml"), "--params-only"), "annlab.stages.validate"),
-        Cell("broken", ("--params", str(tmp_path / "missing.yaml")), "annlab.stages.validate"),
+        Job("ok", ("--params", str(tmp_path / "params.yaml"), "--params-only"), "annlab.stages.validate"),
+        Job("broken", ("--params", str(tmp_path / "missing.yaml")), "annlab.stages.validate"),
     ]
     asked = []
 
-    def after() -> Cell | None:
+    def after() -> Job | None:
         asked.append(len(outcomes))
         return jobs.pop(0) if jobs else None
 
@@ -309,7 +311,7 @@ def test_stages_after_the_grid_run_in_turn_on_a_warm_worker(tmp_path: Path) -> N
         outcomes.append(outcome)
     assert asked == [0, 1, 2]  # one stage at a time, each once the last was handled
     done, failed = outcomes
-    assert (done.cell.stage, done.status, failed.cell.stage, failed.status) == (
+    assert (done.job.stage, done.status, failed.job.stage, failed.status) == (
         "ok",
         "done",
         "broken",
@@ -460,13 +462,13 @@ def test_a_ray_workers_data_copy_replaces_its_last_one_and_those_of_ended_worker
     for name in left.values():
         (tmp_path / name).mkdir()
     digest = "f" * 64
-    root = executor._grid_data({"x.npy": b"12", "seed-1/y.npy": b"3"}, digest)
+    root = ray_executor._grid_data({"x.npy": b"12", "seed-1/y.npy": b"3"}, digest)
     assert root == tmp_path / f"annlab-data-{os.getpid()}-{digest[:16]}"
     assert (root / "x.npy").read_bytes() == b"12" and (root / "seed-1/y.npy").read_bytes() == b"3"
     kept = [root.name, left["running"], left["not ours"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
     # the worker's next cell of the grid reads the same copy, without writing it again
-    assert executor._grid_data({}, digest) == root and (root / "x.npy").exists()
+    assert ray_executor._grid_data({}, digest) == root and (root / "x.npy").exists()
 
 
 def _settings() -> dict[str, str]:
@@ -491,7 +493,7 @@ def test_a_ray_task_logs_only_where_it_can_write_and_leaves_its_worker_as_it_was
     before = dict(os.environ)
 
     here = _folder_place(tmp_path / "store", env=(("MLFLOW_HTTP_REQUEST_TIMEOUT", "7"),))
-    with executor._mlflow_for(here, "annlab") as why_not:
+    with ray_executor._mlflow_for(here, "annlab") as why_not:
         assert why_not == ""
         assert os.environ["MLFLOW_TRACKING_URI"] == here.uri and not store.offline()
         assert os.environ[store.SOURCE_COMMIT_ENV] == "feedc0de"
@@ -499,18 +501,18 @@ def test_a_ray_task_logs_only_where_it_can_write_and_leaves_its_worker_as_it_was
     assert dict(os.environ) == before  # the worker's next task starts from its own environment
 
     elsewhere = _folder_place(tmp_path / "store", machine="elsewhere/0000")
-    with executor._mlflow_for(elsewhere, "annlab") as why_not:
+    with ray_executor._mlflow_for(elsewhere, "annlab") as why_not:
         assert "cannot reach it" in why_not and store.offline()
     assert dict(os.environ) == before
 
     # It reaches the file but cannot log there: trained offline, not failed.
     broken = _folder_place(tmp_path / "broken")
     (tmp_path / "broken" / "mlflow.db").write_bytes(b"not a database, whatever its name says" * 100)
-    with executor._mlflow_for(broken, "annlab") as why_not:
+    with ray_executor._mlflow_for(broken, "annlab") as why_not:
         assert "cannot log there" in why_not and store.offline()
     assert dict(os.environ) == before
 
-    with executor._mlflow_for(None, "annlab") as why_not:  # the driver is offline
+    with ray_executor._mlflow_for(None, "annlab") as why_not:  # the driver is offline
         assert why_not == "" and store.offline()
     assert dict(os.environ) == before
 
@@ -642,11 +644,11 @@ def test_a_ray_task_logs_to_the_drivers_store_only_when_it_reaches_it(
     here = _folder_place(tmp_path / "store")
     before = _settings()
 
-    away = executor._ray_train(*args, dataclasses.replace(here, machine="elsewhere/0000"))
+    away = ray_executor._ray_train(*args, dataclasses.replace(here, machine="elsewhere/0000"))
     assert away.status == "trained" and away.unlogged
     assert not (tmp_path / "store" / "mlflow.db").exists()
 
-    near = executor._ray_train(*args, here)
+    near = ray_executor._ray_train(*args, here)
     assert near.status == "trained" and near.unlogged == ""
     assert _settings() == before  # the task's MLflow settings are gone with it
     assert near.files.keys() == away.files.keys()

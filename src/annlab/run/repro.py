@@ -1,14 +1,15 @@
 """`make repro`: `dvc repro`, with the grid's stale cells trained on warm workers first.
 
 After the stages upstream of the grid, each stale cell is first looked up in DVC's run cache
-(a teammate's push, an earlier grid) and checked out if there; the rest go to an executor
-(`annlab.run.cell`): warm local worker processes, or a Ray cluster when RAY_ADDRESS is set.
-Local workers start before the upstream stages run, so that their imports overlap them, and
-once the cells are done one of them runs the stale stages after the grid (evaluate, plot,
-report); with Ray, one local worker is started for those stages alone. Each finished cell or
-stage is recorded as `dvc commit` records it (dvc.lock, the cache and the run cache), so DVC
-stays the source of truth: a last `dvc repro` runs what is left, if anything. `--executor dvc`
-deals the cells to JOBS cold `dvc repro` processes instead, as before the executor.
+(a teammate's push, an earlier grid) and checked out if there; the rest go to an executor:
+warm local worker processes (`annlab.run.local`), or a Ray cluster when RAY_ADDRESS is set
+(`annlab.run.ray`). Local workers start before the upstream stages run, so that their imports
+overlap them, and once the cells are done one of them runs the stale stages after the grid
+(evaluate, plot, report); with Ray, one local worker is started for those stages alone. Each
+finished cell or stage is recorded as `dvc commit` records it (dvc.lock, the cache and the run
+cache), so DVC stays the source of truth: a last `dvc repro` runs what is left, if anything.
+`--executor dvc` deals the cells to JOBS cold `dvc repro` processes instead, as before the
+executor.
 
 Last, dvc.lock loses the entries of stages that dvc.yaml no longer has (see `prune_lock`).
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from annlab.run.cell import Cell, Outcome
+    from annlab.run.cell import Job, Outcome
 
 GRID_STAGE = "train"  # the matrix stage whose cells run side by side
 UPSTREAM = "preprocess"  # the last stage before the grid
@@ -80,7 +81,7 @@ def prune_lock(repo_dir: str | Path = ".", repo: Any = None, index: Any = None) 
     return stale
 
 
-def stale_cells(repo: Any) -> list[Cell]:
+def stale_cells(repo: Any) -> list[Job]:
     """The grid's cells whose DVC stage is not up to date, in dvc.yaml's order."""
     from annlab.run.cell import cell_from_command
 
@@ -156,7 +157,8 @@ def on_ray(kind: str) -> bool:
 
 def make_executor(kind: str, jobs: int) -> Any:
     """The executor `kind` names (`auto`: Ray when RAY_ADDRESS is set, local processes otherwise)."""
-    from annlab.run.cell import LocalExecutor, RayExecutor
+    from annlab.run.local import LocalExecutor
+    from annlab.run.ray import RayExecutor
 
     if on_ray(kind):
         address = os.environ.get(RAY_ADDRESS_ENV, "").strip() or "auto"
@@ -173,7 +175,7 @@ def record_stats(outcome: Outcome) -> None:
 
     if path := os.environ.get(STATS_ENV):
         line = {
-            "stage": outcome.cell.stage,
+            "stage": outcome.job.stage,
             "seconds": outcome.seconds,
             "train_seconds": outcome.train_seconds,
             "peak_rss_mib": outcome.peak_rss_mib,
@@ -185,7 +187,7 @@ def record_stats(outcome: Outcome) -> None:
 
 def cell_line(n: int, total: int, outcome: Outcome, width: int) -> str:
     """One line of progress: `[3/9] ann-adam-relu  val 0.9694  4.1 s`, or the failure."""
-    head = f"[{n}/{total}] {outcome.cell.name:<{width}}"
+    head = f"[{n}/{total}] {outcome.job.name:<{width}}"
     if outcome.status == "trained":
         val = "diverged" if outcome.val_accuracy is None else f"val {outcome.val_accuracy:.4f}"
         return f"{head}  {val}  {outcome.seconds:.1f} s"
@@ -231,21 +233,21 @@ def run_cells(kind: str, jobs: int, warm: Any = None) -> int:
                 repo, lambda: counts["failed"] + counts["interrupted"] + sum(stages.values()), stop
             )
             for outcome in _outcomes(cells_on, warm, todo, stop, after):
-                if not outcome.cell.is_cell:
+                if not outcome.job.is_cell:
                     if outcome.status == "done":
-                        commit_cell(repo, outcome.cell.stage)
+                        commit_cell(repo, outcome.job.stage)
                         record_stats(outcome)
                         print(outcome.output, end="", flush=True)
                     else:
                         stages[outcome.status] += 1
                         print(
-                            f"{outcome.cell.stage}: {outcome.status}: {outcome.error}",
+                            f"{outcome.job.stage}: {outcome.status}: {outcome.error}",
                             file=sys.stderr,
                             flush=True,
                         )
                     continue
                 if outcome.status == "trained":
-                    commit_cell(repo, outcome.cell.stage)
+                    commit_cell(repo, outcome.job.stage)
                     record_stats(outcome)
                 counts[outcome.status] += 1
                 n = len(restored) + sum(counts.values())
@@ -267,7 +269,7 @@ def run_cells(kind: str, jobs: int, warm: Any = None) -> int:
 
 
 def _outcomes(
-    cells_on: Any, after_on: Any, todo: list[Cell], stop: StopRequests, after: Any
+    cells_on: Any, after_on: Any, todo: list[Job], stop: StopRequests, after: Any
 ) -> Iterator[Outcome]:
     """What becomes of each cell on `cells_on`, then of each stage after the grid on `after_on`
     (local workers: often the same executor, which goes from one to the other warm)."""
@@ -300,7 +302,7 @@ class StagesAfter:
 
         self.repo, self.stop = repo, stop
         self.failed = failed  # how many cells or stages failed or were interrupted so far
-        self.pending: list[Cell] = []
+        self.pending: list[Job] = []
         for name in around_grid()[1]:
             found = repo.stage.collect(name)
             job = stage_from_command(name, found[0].cmd) if len(found) == 1 else None
@@ -308,7 +310,7 @@ class StagesAfter:
                 break
             self.pending.append(job)
 
-    def __call__(self) -> Cell | None:
+    def __call__(self) -> Job | None:
         while self.pending and not (self.failed() or self.stop()):
             job = self.pending.pop(0)
             if not (status := self.repo.status(targets=[job.stage])):
@@ -428,7 +430,7 @@ def early_workers(kind: str, jobs: int, stale: dict[str, Any]) -> Any:
     one, for the stages after the grid (they write this workspace and its MLflow store, which
     the cluster cannot reach). None for the cold `dvc` executor, or when only stages after the
     grid are stale (no cell to train: a worker's imports would cost what a cold stage's do)."""
-    from annlab.run.cell import LocalExecutor
+    from annlab.run.local import LocalExecutor
 
     if kind == "dvc":
         return None
