@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,26 @@ def test_a_seed_folder_under_models_is_found_there(models: Path, monkeypatch: py
     monkeypatch.setattr(annlab.serve.served.Predictor, "load", staticmethod(lambda folder: folder))
     predictor, where = load_predictor("ann-adam-relu/seed-2", None, models)
     assert predictor == models / "ann-adam-relu" / "seed-2" and where == str(predictor)
+
+
+def _metas(models: Path, runs: dict[int, tuple[float, bool]]) -> None:
+    for seed, (val_accuracy, diverged) in runs.items():
+        meta = {"best_val_accuracy": val_accuracy, "diverged": diverged}
+        (models / "ann-adam-relu" / f"seed-{seed}" / "meta.json").write_text(json.dumps(meta))
+
+
+def test_a_cell_is_its_best_validated_seed_that_did_not_diverge(
+    models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The highest validation accuracy wins, the lowest seed on a tie; a diverged seed never."""
+    import annlab.serve.served
+
+    monkeypatch.setattr(annlab.serve.served.Predictor, "load", staticmethod(lambda folder: folder))
+    _metas(models, {1: (0.9, False), 2: (0.95, True), 5: (0.9, False)})
+    assert load_predictor("ann-adam-relu", None, models)[0] == models / "ann-adam-relu" / "seed-1"
+    _metas(models, {1: (0.9, True), 2: (0.95, True), 5: (0.9, True)})
+    with pytest.raises(UserError, match=r"ann-adam-relu: every seed diverged; no model to use$"):
+        load_predictor("ann-adam-relu", None, models)
 
 
 def test_predict_skips_what_an_os_leaves_in_a_folder_of_images(tmp_path: Path) -> None:

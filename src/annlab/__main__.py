@@ -166,23 +166,14 @@ def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
                 f"--model {ref}: {cell} holds no trained seeds (seed-<n> folders): run make repro"
             )
         if seed is None:
-            seed = in_use_seed(seeds)
+            metas = {s: io.read_json(d / "meta.json") for s, d in seeds.items()}
+            seed = served.in_use_seed({s: (m["best_val_accuracy"], m["diverged"]) for s, m in metas.items()})
+            if seed is None:
+                raise UserError(f"{cell}: every seed diverged; no model to use")
         if seed not in seeds:
             raise UserError(f"--model {ref} --seed {seed}: the cell has seeds {', '.join(map(str, seeds))}")
         folder = seeds[seed]
     return served.Predictor.load(folder), str(folder)
-
-
-def in_use_seed(seeds: dict[int, Path]) -> int:
-    """A cell's model in use, from its seeds' folders (`served.in_use_seed`)."""
-    from annlab import io
-    from annlab.serve import served
-
-    metas = {s: io.read_json(d / "meta.json") for s, d in seeds.items()}
-    trained = {s: m["best_val_accuracy"] for s, m in metas.items() if not m["diverged"]}
-    if not trained:
-        raise UserError(f"{next(iter(seeds.values())).parent}: every seed diverged; no model to use")
-    return served.in_use_seed(trained)
 
 
 COMMANDS = {"sync": sync, "predict": predict}

@@ -35,12 +35,14 @@ class InputError(UserError):
     """Inputs that do not fit the model: wrong columns, a wrong shape, text for a number."""
 
 
-def in_use_seed(val_accuracy: Mapping[int, float | None]) -> int:
+def in_use_seed(runs: Mapping[int, tuple[float | None, bool]]) -> int | None:
     """Which seed's model stands for a cell in use (the registry's version, `annlab predict
-    --model <cell>`): the highest validation accuracy, the lowest seed on a tie. Not the test
-    accuracy, which would let the test set choose the model. `val_accuracy`: each seed that did
-    not diverge, with its best validation accuracy."""
-    return min(val_accuracy, key=lambda seed: (-(val_accuracy[seed] or 0.0), seed))
+    --model <cell>`): among the seeds that did not diverge, the highest validation accuracy, the
+    lowest seed on a tie; None when every seed diverged. Not the test accuracy, which would let
+    the test set choose the model. `runs`: each seed's best validation accuracy and whether it
+    diverged."""
+    trained = {seed: val_accuracy for seed, (val_accuracy, diverged) in runs.items() if not diverged}
+    return min(trained, key=lambda seed: (-(trained[seed] or 0.0), seed), default=None)
 
 
 @dataclass
