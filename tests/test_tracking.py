@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from annlab.errors import Interrupted, UserError
-from annlab.params import Params
+from annlab.params import Params, cell_keys
 from annlab.track import tracking
 from conftest import free_port
 
@@ -60,7 +60,7 @@ def test_cell_params_hold_the_cell_and_only_its_own_optimizer() -> None:
     logged = tracking.cell_params(Params(), "ann", "sgd", "tanh", 7)
     assert (logged["optimizer"], logged["activation"], logged["dataset"]) == ("sgd", "tanh", "digits")
     assert (logged["train.optimizer"], logged["model.activation"]) == ("sgd", "tanh")
-    assert (logged["seed"], logged["split_seed"]) == (7, 42)
+    assert logged["seed"] == 7
     assert logged["optimizers.sgd.learning_rate"] == 0.01
     assert not any(k.startswith(("optimizers.adam", "optimizers.rmsprop", "grid.")) for k in logged)
     assert (logged["model_type"], logged["model.type"], logged["model.ann.dropout"]) == ("ann", "ann", 0.0)
@@ -68,6 +68,33 @@ def test_cell_params_hold_the_cell_and_only_its_own_optimizer() -> None:
     lstm = tracking.cell_params(Params(), "lstm", "sgd", "tanh", 7)
     assert (lstm["model_type"], lstm["model.lstm.units"]) == ("lstm", [128])
     assert not any(k.startswith(("model.ann.", "model.cnn.", "model.rnn.")) for k in lstm)
+
+
+@pytest.mark.parametrize(("split_per_seed", "split_seed"), [(True, 7), (False, 42)])
+def test_split_seed_is_the_seed_that_drew_the_runs_split(split_per_seed: bool, split_seed: int) -> None:
+    params = Params.model_validate({"seed": 42, "data": {"split_per_seed": split_per_seed}})
+    logged = tracking.cell_params(params, "ann", "sgd", "tanh", 7)
+    assert (logged["seed"], logged["split_seed"], logged["data.split_per_seed"]) == (
+        7,
+        split_seed,
+        split_per_seed,
+    )
+
+
+def test_cell_params_are_what_the_cell_depends_on_and_its_coordinates() -> None:
+    params = Params.model_validate({"mlflow": {"experiment": "elsewhere"}})
+    logged = tracking.cell_params(params, "cnn", "adam", "relu", 1)
+    depends = {k for k in logged if "." in k}
+    assert not any(k.startswith(("mlflow.", "grid.", "data.path")) for k in depends)
+    assert {
+        k.split(".")[0] + "." + k.split(".")[1] for k in depends if k.startswith(("model.cnn", "optimizers."))
+    } == {
+        "model.cnn",
+        "optimizers.adam",
+    }
+    assert set(cell_keys("cnn", "adam")) - {"grid.seeds"} <= {".".join(k.split(".")[:2]) for k in logged} | {
+        "seed"
+    }
 
 
 def test_cell_runs_are_children_of_one_grid_run_and_reruns_replace_them() -> None:

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, get_args
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -242,6 +242,27 @@ def cell_name(model: str, optimizer: str, activation: str) -> str:
     return f"{model}-{optimizer}-{activation}"
 
 
+# The params a grid cell's training reads, beside `data`, which reaches it through
+# data/processed: the `train` stage's `params:` in dvc.yaml, where {model} and {optimizer} are
+# the matrix item's. A cell depends on nothing else, so nothing else reruns it.
+CELL_PARAMS = (
+    "seed",
+    "grid.seeds",
+    "model.hidden_units",
+    "model.{model}",
+    "train.epochs",
+    "train.batch_size",
+    "train.loss",
+    "optimizers.{optimizer}",
+)
+
+
+def cell_keys(model: str, optimizer: str) -> list[str]:
+    """The params keys a grid cell depends on besides `data` (`CELL_PARAMS` for its architecture
+    and optimizer)."""
+    return [key.format(model=model, optimizer=optimizer) for key in CELL_PARAMS]
+
+
 class Cell(NamedTuple):
     """One cell of the grid: DVC stage `train@<name>`, MLflow run `<name>`."""
 
@@ -309,38 +330,41 @@ class Params(_Section):
     def grid_id(self) -> str:
         """A short id, equal exactly when two grids train the same cells on the same setup.
 
-        It hashes the grid lists and seeds (which cells exist) and everything that decides how
-        a cell trains. Left out: the MLflow experiment's name, the single-run defaults that
-        every cell overrides (`model.type`, `train.optimizer`, `model.activation`), and the
-        hyperparameters of optimizers and architectures the grid does not use.
+        It hashes the grid lists and seeds (which cells exist), the data, and what each cell
+        depends on (`cell_keys`). Left out: the MLflow settings, the single-run defaults that
+        every cell overrides, and the hyperparameters of optimizers and architectures the grid
+        does not use.
         """
-        tree = self.model_dump()
-        tree.pop("mlflow")
-        tree["train"].pop("optimizer")
-        tree["model"].pop("type")
-        tree["model"].pop("activation")
-        if self.data.builtin:  # the keys of the user's own data do not apply
-            for key in OWN_DATA_KEYS:
-                tree["data"].pop(key)
-        for name in get_args(OptimizerName):
-            if name not in self.grid.optimizer:
-                tree["optimizers"].pop(name)
-        for name in get_args(ModelType):
-            if name not in self.grid.model:
-                tree["model"].pop(name)
-        blob = json.dumps(tree, sort_keys=True)
+        keys = ["grid", "data", *(k for c in self.cells() for k in cell_keys(c.model, c.optimizer))]
+        blob = json.dumps(self.select(keys), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def select(self, keys: list[str]) -> dict[str, Any]:
+        """The params tree cut down to `keys` (dotted; each names its whole subtree); with a
+        built-in dataset the keys of the user's own data are left out, since they do not apply."""
+        tree = self.model_dump()
+        if self.data.builtin:
+            tree["data"] = {k: v for k, v in tree["data"].items() if k not in OWN_DATA_KEYS}
+        picked: dict[str, Any] = {}
+        for key in keys:
+            *path, last = key.split(".")
+            source, target = tree, picked
+            for part in path:
+                source, target = source[part], target.setdefault(part, {})
+            target[last] = source[last]
+        return picked
 
     def flat(self) -> dict[str, Any]:
         """The params as one flat dict with dotted keys, as MLflow logs them."""
-        return _flatten(self.model_dump())
+        return flatten(self.model_dump())
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested params tree as one flat dict with dotted keys."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -408,7 +432,7 @@ _SafeLoader.add_implicit_resolver(
 
 def _missing_keys(raw: dict[str, Any]) -> list[str]:
     """Keys of the schema that the file leaves out (DVC fails on a tracked key that is absent)."""
-    present = set(_flatten(raw))
+    present = set(flatten(raw))
     return [
         f"{key}: missing; DVC tracks it, so write it out (default: {json.dumps(default)})"
         for key, default in Params().flat().items()

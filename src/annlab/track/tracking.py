@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities import Metric, Run
@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from annlab import io
 from annlab.errors import Interrupted, UserError
-from annlab.params import OWN_DATA_KEYS, ModelType, OptimizerName, Params
+from annlab.params import Params, cell_keys, flatten
 from annlab.track.store import (
     HTTP_DEFAULTS,
     OFFLINE_ENV,
@@ -60,31 +60,29 @@ def stage_tag(default: str) -> dict[str, str]:
     return {STAGE_TAG: os.environ.get("DVC_STAGE", default)}
 
 
-def cell_params(params: Params, model: str, optimizer: str, activation: str, seed: int) -> dict[str, Any]:
-    """What is logged as a run's params: the cell's effective params plus its coordinates.
+# What `Params.for_cell` sets for a cell, logged with its params under their own keys.
+CELL_COORDINATES = ["model.type", "train.optimizer", "model.activation"]
 
-    `seed` is the run's training seed (weights, shuffling); `split_seed` the data split's.
-    Left out: the grid lists (they say which cells exist, not how this one trains) and the
-    other optimizers' and architectures' hyperparameters (the cell does not depend on them,
-    and DVC does not rerun it when they change), and with a built-in dataset the own-data keys.
+
+def cell_params(params: Params, model: str, optimizer: str, activation: str, seed: int) -> dict[str, Any]:
+    """What is logged as a run's params: what the cell depends on (`cell_keys` and `data`) plus
+    its coordinates.
+
+    `seed` is the run's training seed (weights, shuffling); `split_seed` the seed that drew its
+    data split: the same seed with data.split_per_seed, else the top-level `seed`. Left out: the
+    grid lists (they say which cells and seeds exist, not how this run trains) and everything
+    no cell depends on (other optimizers and architectures, MLflow's settings).
     """
-    others = [f"optimizers.{o}." for o in get_args(OptimizerName) if o != optimizer]
-    others += [f"model.{m}." for m in get_args(ModelType) if m != model]
-    if params.data.builtin:  # the keys of the user's own data do not apply
-        others += [f"data.{key}" for key in OWN_DATA_KEYS]
-    flat = {
-        k: v
-        for k, v in params.for_cell(model, optimizer, activation).flat().items()
-        if not k.startswith("grid.") and not any(k.startswith(o) for o in others)
-    }
+    keys = [k for k in cell_keys(model, optimizer) if not k.startswith("grid.")]
+    cell = params.for_cell(model, optimizer, activation)
     return {
-        **flat,
+        **flatten(cell.select([*keys, "data", *CELL_COORDINATES])),
         "model_type": model,
         "optimizer": optimizer,
         "activation": activation,
         "dataset": params.data.label,
         "seed": seed,
-        "split_seed": params.seed,
+        "split_seed": seed if params.data.split_per_seed else params.seed,
     }
 
 
