@@ -34,7 +34,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 SERVER_STORE ?= sqlite:///$(CURDIR)/mlflow-server/mlflow.db
 SERVER_ARTIFACTS ?= $(CURDIR)/mlflow-server/artifacts
 
-.PHONY: help venv repro sweep sync bench test test-fast lint format ui serve server clean
+.PHONY: help venv repro sweep sync bench test test-fast lint hooks format ui serve server clean
 
 help: ## List the targets with their purpose
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -77,8 +77,12 @@ test: venv ## The full test suite, as CI runs it (end-to-end pipelines, servers,
 test-fast: venv ## The quick loop (under 2 min): tests that run no pipeline, server or benchmark
 	python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow"
 
-lint: venv ## Check style with ruff
+lint: venv ## Check style (ruff) and the layer rule between annlab's parts (import-linter, pyproject.toml)
 	ruff check src tests benchmarks && ruff format --check src tests benchmarks
+	PYTHONPATH=src lint-imports --no-cache
+
+hooks: venv ## Install the git pre-commit hook that runs `make lint`'s checks on each commit
+	pre-commit install
 
 format: venv ## Format the code with ruff
 	ruff check --fix src tests benchmarks && ruff format src tests benchmarks
