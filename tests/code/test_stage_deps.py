@@ -12,7 +12,7 @@ import yaml
 
 from annlab.params import cell_keys
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
 # Files a module needs without importing them: the file MLflow runs to build a logged model.
 SHIPPED = {"annlab.serve.pyfunc": ["annlab.serve.pyfunc_entry"]}

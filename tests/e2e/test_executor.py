@@ -245,7 +245,7 @@ def test_workers_start_early_only_when_a_cell_may_train(monkeypatch: pytest.Monk
     the grid are; unused, they are stopped at once."""
     from annlab.run import repro as rp
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # annlab's dvc.yaml
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # annlab's dvc.yaml
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert rp.around_grid() == (["validate", "fetch", "preprocess"], ["evaluate", "plot", "report"])
     assert rp.early_workers("auto", 2, {"report": [], "plot": []}) is None
@@ -295,7 +295,7 @@ def test_stages_after_the_grid_run_in_turn_on_a_warm_worker(tmp_path: Path) -> N
     from annlab.run.cell import Job
     from annlab.run.local import LocalExecutor
 
-    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(Path(__file__).resolve().parents[2] / "params.yaml", tmp_path / "params.yaml")
     jobs = [
         Job("ok", ("--params", str(tmp_path / "params.yaml"), "--params-only"), "annlab.stages.validate"),
         Job("broken", ("--params", str(tmp_path / "missing.yaml")), "annlab.stages.validate"),

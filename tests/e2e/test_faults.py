@@ -531,7 +531,7 @@ def test_a_second_signal_stops_training_at_once() -> None:
     the risky way out of TensorFlow that a single signal avoids."""
     code = (
         "import os, signal, sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]\n"
         "from annlab import runtime\n"
         "from annlab.errors import Interrupted\n"
         "from test_faults import _fit_signalling_self\n"
