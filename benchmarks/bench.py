@@ -549,7 +549,7 @@ def paired(training: dict[str, Any], side: str, against: str) -> list[float]:
 
 
 def training_target(training: dict[str, Any]) -> tuple[str, str]:
-    """The training target's measured figures and verdict, as SPEC.md words it: annlab's
+    """The training target's measured figures and verdict (docs/performance.md): annlab's
     speed-up over the tutorial as it is, and annlab's final accuracy identical to the
     tutorial's at annlab's intra-op thread count at every seed (the same math, summed in the
     same order). Beside them, annlab against the tutorial at its default thread count, and

@@ -4,7 +4,7 @@ On 2 CPU cores a batch of 32 costs less arithmetic than TensorFlow's dispatch of
 step's ops one by one, and most of Keras' ops are bookkeeping around the math. This loop
 keeps Keras' own forward pass, loss, gradients, metrics, callbacks and validation, and does
 the rest in fewer ops, with the same arithmetic in the same order, so that the same seed
-gives the same bits (tests/test_speed.py compares it with `fit` for every optimizer):
+gives the same bits (tests/model/test_speed.py compares it with `fit` for every optimizer):
 
 - the optimizer's update is written out: Keras computes its step size again for each weight
   tensor and wraps each update in casts and a distribution strategy's dispatch;
@@ -35,7 +35,7 @@ import tensorflow as tf
 from keras.src.backend.tensorflow.trainer import TensorFlowTrainer, TFEpochIterator
 from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
 
-# The Keras this loop was checked against, bit for bit (tests/test_speed.py): it reads Keras'
+# The Keras this loop was checked against, bit for bit (tests/model/test_speed.py): it reads Keras'
 # internals (the optimizers' slots, the loss tracker, the array data adapter), so another
 # version goes to Keras' `fit` until the test has passed on it and this line is changed.
 KERAS_VERSIONS = ("3.15.",)
@@ -228,7 +228,7 @@ def _epoch_order(n: int) -> tf.data.Dataset:
     Keras' array data adapter (the one `fit` uses for arrays) on the indices 0..n-1 in one
     batch: its shuffle is a seeded op in a `tf.data` function of its own, whatever the batch
     size, so the same code draws the same permutation, epoch after epoch, as `fit`'s, which
-    cuts it into batches in order (tests/test_speed.py checks the bits).
+    cuts it into batches in order (tests/model/test_speed.py checks the bits).
     """
     return ArrayDataAdapter(np.arange(n), batch_size=n, shuffle=True).get_tf_dataset()
 

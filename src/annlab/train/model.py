@@ -24,7 +24,7 @@ def configure(speed: Speed) -> None:
     """Thread pools and determinism, once per process, before TensorFlow runs its first op.
 
     On CPU, with a fixed number of intra-op threads, TensorFlow's kernels give the same bits on
-    every run (tests/test_speed.py checks it; dense and recurrent layers at any thread count,
+    every run (tests/model/test_speed.py checks it; dense and recurrent layers at any thread count,
     convolutions only at the same count, which is why it is fixed), and `enable_op_determinism`
     only slows training (by a third, measured) and changes the bits it rounds. GPU kernels are
     not deterministic without it, so it is on where a GPU is.

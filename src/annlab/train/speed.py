@@ -1,7 +1,7 @@
 """How training runs, never what it computes: settings read from the environment.
 
 They live outside params.yaml on purpose: with the defaults, every setting below leaves the
-metrics bit for bit the same (tests/test_speed.py checks it), so changing one must not make
+metrics bit for bit the same (tests/model/test_speed.py checks it), so changing one must not make
 DVC retrain anything. The one exception, XLA, is off unless asked for and says so.
 """
 
