@@ -93,14 +93,36 @@ def stale_cells(repo: Any) -> list[Job]:
     ]
 
 
-def restore_from_run_cache(repo: Any, stage_name: str) -> bool:
-    """Check a cell's outputs out of DVC's run cache and record it, as `dvc repro` would; False
-    when the run cache has no run of the cell with these deps and params.
+def default_remote(repo: Any) -> str | None:
+    """The DVC remote that `dvc push` and `dvc pull` use when none is named, if one is set."""
+    return repo.config["core"].get("remote")
 
-    As `dvc repro` does, the stale outputs are removed first. The run cache is this machine's
-    (earlier grids, other experiments): a cell's histories are `cache: false` outputs that live
-    in git, which `dvc push --run-cache` does not send, so a teammate gets cells by pulling a
-    committed dvc.lock instead (docs/team.md).
+
+def pull_run_cache(repo: Any) -> bool:
+    """Fetch the run cache's entries from the default DVC remote, as `dvc repro --pull` does;
+    whether there is a remote to pull the cells' outputs from. An unreachable remote is said
+    in one line and the cells train, as with no remote."""
+    from dvc.exceptions import DvcException
+
+    if not (remote := default_remote(repo)):
+        return False
+    try:
+        repo.stage_cache.pull(None)
+    except DvcException as exc:
+        print(f"warning: DVC remote {remote!r}: could not pull its run cache ({exc}); going on", flush=True)
+        return False
+    return True
+
+
+def restore_from_run_cache(repo: Any, stage_name: str, pull: bool = False) -> bool:
+    """Check a stage's outputs out of DVC's run cache and record it, as `dvc repro` would; False
+    when the run cache has no run of the stage with these deps and params, or (`pull`: fetching
+    what it lacks from the default remote first, as `dvc repro --pull` does) when the cache and
+    the remote lack some of that run's outputs.
+
+    As `dvc repro` does, the stale outputs are removed first. The entry is found by the
+    stage's deps and params alone, whatever dvc.lock says: a teammate's pushed cell restores
+    in a clone of any commit with the same code, data and params (docs/team.md).
     """
     from dvc.stage.cache import RunCacheNotFoundError
 
@@ -111,7 +133,7 @@ def restore_from_run_cache(repo: Any, stage_name: str) -> bool:
         # "restore" the stale cell it is asked to replace.
         stage.remove_outs(ignore_remove=False, force=False)
         try:
-            repo.stage_cache.restore(stage)
+            repo.stage_cache.restore(stage, pull=pull)
         except RunCacheNotFoundError:
             return False
         stage.save()
@@ -209,8 +231,9 @@ def run_cells(kind: str, jobs: int, warm: Any = None) -> int:
         stale = stale_cells(repo)
         width = max((len(cell.name) for cell in stale), default=0)
         restored = []
+        pull = bool(stale) and pull_run_cache(repo)
         for cell in stale:
-            if restore_from_run_cache(repo, cell.stage):
+            if restore_from_run_cache(repo, cell.stage, pull):
                 restored.append(cell)
                 head = f"[{len(restored)}/{len(stale)}] {cell.name:<{width}}"
                 print(f"{head}  restored from the run cache", flush=True)
@@ -475,11 +498,13 @@ def cold_cells(jobs: int) -> int:
 
     with Repo() as repo:
         stale = [name for name in repo.status(targets=[GRID_STAGE]) if name.startswith(f"{GRID_STAGE}@")]
+        remote = default_remote(repo)
     if len(stale) > 1 and jobs > 1:
         print(f"repro: {len(stale)} stale cells, {jobs} at a time", flush=True)
         # --single-item: the upstream stages are done, and checking them again from two
         # processes would have DVC lock data/processed for writing while a cell reads it.
-        command = ["dvc", "--wait-for-lock", "repro", "--single-item"]
+        # --pull: a cell in the remote's run cache is checked out from there, not trained.
+        command = ["dvc", "--wait-for-lock", "repro", "--single-item", *(["--pull"] if remote else [])]
         running = [subprocess.Popen([*command, *lane]) for lane in lanes(stale, jobs)]
         codes = [proc.wait() for proc in running]
         return next((code for code in codes if code), 0)
