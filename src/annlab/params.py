@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import (
@@ -33,6 +33,8 @@ Activation = Literal[
 ]
 Loss = Literal["categorical_crossentropy", "mse"]
 ModelType = Literal["ann", "cnn", "rnn", "lstm"]
+SelectOn = Literal["val_accuracy", "val_loss"]
+Checkpoint = Literal["best", "last"]
 
 
 # Bounds are generous on purpose: they reject typos and nonsense, not bold experiments
@@ -170,6 +172,9 @@ class TrainParams(_Section):
     epochs: Annotated[int, Field(ge=1, le=10000)] = 20
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 32
     loss: Loss = "categorical_crossentropy"
+    # Which weights a run is evaluated (and served) with: those of the epoch with the best
+    # validation metric (`tuning.select_on`), or the final epoch's.
+    checkpoint: Checkpoint = "last"
 
 
 class SGDParams(_Section):
@@ -228,6 +233,37 @@ class GridParams(_Section):
         return values
 
 
+TrialRates = Annotated[list[LearningRate], Field(min_length=1, max_length=50)]
+
+
+class TuningParams(_Section):
+    """Each optimizer's learning rate, tuned with the same budget: every value of its list is
+    trained on the tuning seed, the best on validation is then trained on every seed."""
+
+    # Per optimizer, the values tried; an optimizer left out, or null, trains once at
+    # `optimizers.<name>.learning_rate` (one-shot).
+    learning_rates: dict[OptimizerName, TrialRates | None] = {}
+    select_on: SelectOn = "val_accuracy"
+    seed: Seed | None = None  # None: the first of grid.seeds
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _each_value_once(cls, rates: dict[str, list[float] | None]) -> dict[str, list[float] | None]:
+        for name, values in rates.items():
+            if duplicates := sorted({v for v in values or [] if values.count(v) > 1}):
+                listed = ", ".join(map(repr, duplicates))
+                raise ValueError(f"{name}: lists {listed} more than once; each value is tried once")
+        return rates
+
+
+class Tuning(NamedTuple):
+    """How one optimizer's cells choose their learning rate (`Params.tuning_for`)."""
+
+    learning_rates: list[float]
+    select_on: str
+    seed: int
+
+
 class MlflowParams(_Section):
     """Where runs are filed in MLflow (the store itself comes from the environment)."""
 
@@ -253,6 +289,7 @@ CELL_PARAMS = (
     "train.epochs",
     "train.batch_size",
     "train.loss",
+    "train.checkpoint",
     "optimizers.{optimizer}",
 )
 
@@ -281,7 +318,20 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     optimizers: OptimizersParams = OptimizersParams()
     grid: GridParams = GridParams()
+    # None: every optimizer trains once at its own learning rate (one-shot, no tuning).
+    tuning: TuningParams | None = None
     mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _tuning_seed_is_trained(self) -> Params:
+        seed = self.tuning.seed if self.tuning else None
+        if seed is not None and seed not in self.seeds:
+            raise ValueError(
+                f"tuning.seed: {seed} is not one of the training seeds ({', '.join(map(str, self.seeds))}):"
+                " the tuning seed's run at the chosen learning rate is that seed's run; pick one of"
+                " grid.seeds, or null for the first"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tables_train_the_ann(self) -> Params:
@@ -302,6 +352,29 @@ class Params(_Section):
                 "model": {**self.model.model_dump(), "type": model, "activation": activation},
             }
         )
+
+    def tuning_for(self, optimizer: str) -> Tuning | None:
+        """How the cells of `optimizer` choose their learning rate; None when they train once
+        at `optimizers.<optimizer>.learning_rate` (no list for it, or `tuning: null`)."""
+        rates = self.tuning.learning_rates.get(optimizer) if self.tuning else None  # type: ignore[call-overload]
+        if not rates or self.tuning is None:
+            return None
+        return Tuning(list(rates), self.tuning.select_on, self.tuning.seed or self.seeds[0])
+
+    def resolved_tuning(self) -> dict[str, dict[str, Any] | None]:
+        """Each optimizer's `tuning_for`, as the `validate` stage writes it for DVC: a cell's
+        stage tracks its own optimizer's entry, so changing one list retrains only its cells,
+        and adding seeds after the tuning seed leaves the entry as it was."""
+        resolved = {}
+        for name in get_args(OptimizerName):
+            tuning = self.tuning_for(name)
+            resolved[name] = tuning._asdict() if tuning else None
+        return resolved
+
+    def with_learning_rate(self, optimizer: str, learning_rate: float) -> Params:
+        """These params with `optimizers.<optimizer>.learning_rate` set to `learning_rate`."""
+        section = getattr(self.optimizers, optimizer).model_copy(update={"learning_rate": learning_rate})
+        return self.model_copy(update={"optimizers": self.optimizers.model_copy(update={optimizer: section})})
 
     def cells(self) -> list[Cell]:
         """The grid's cells in params order (architecture, then optimizer, then activation), the
@@ -336,7 +409,11 @@ class Params(_Section):
         does not use.
         """
         keys = ["grid", "data", *(k for c in self.cells() for k in cell_keys(c.model, c.optimizer))]
-        blob = json.dumps(self.select(keys), sort_keys=True)
+        tree = self.select(keys)
+        resolved = self.resolved_tuning()
+        if tuned := {o: resolved[o] for o in self.grid.optimizer if resolved[o]}:
+            tree["tuning"] = tuned
+        blob = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def select(self, keys: list[str]) -> dict[str, Any]:
@@ -383,7 +460,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def _describe(error: dict[str, Any]) -> str:
-    loc = error["loc"]
+    loc = tuple(p for p in error["loc"] if p != "[key]")  # a mapping's key is named as the key
     key = ".".join(str(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         owner = _model_at(loc)
@@ -436,7 +513,7 @@ def _missing_keys(raw: dict[str, Any]) -> list[str]:
     return [
         f"{key}: missing; DVC tracks it, so write it out (default: {json.dumps(default)})"
         for key, default in Params().flat().items()
-        if key not in present and not any(key.startswith(p + ".") for p in present)
+        if key not in present and not any(key.startswith(p + ".") or p.startswith(key + ".") for p in present)
     ]
 
 

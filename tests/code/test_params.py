@@ -38,6 +38,15 @@ def test_repo_params_are_valid_and_match_the_tutorial() -> None:
         ({"optimizers": {"adam": {"learning_rate": 5000}}}, "optimizers.adam.learning_rate", "less than"),
         ({"optimizers": {"sgd": {"momentum": 1.2}}}, "optimizers.sgd.momentum", "less than 1"),
         ({"train": {"optimizer": "adamw"}}, "train.optimizer", "'sgd', 'adam' or 'rmsprop'"),
+        # the fair comparison's tuning
+        ({"tuning": {"learning_rates": {"sgd": [0.1, 0]}}}, "tuning.learning_rates.sgd.1", "greater than 0"),
+        ({"tuning": {"learning_rates": {"sgd": [-0.1]}}}, "tuning.learning_rates.sgd.0", "greater than 0"),
+        ({"tuning": {"learning_rates": {"sgd": ["fast"]}}}, "tuning.learning_rates.sgd.0", "valid number"),
+        ({"tuning": {"learning_rates": {"adamw": [0.1]}}}, "tuning.learning_rates.adamw", "'sgd', 'adam'"),
+        ({"tuning": {"learning_rates": {"sgd": [0.1, 0.3, 0.1]}}}, "tuning.learning_rates", "0.1 more than"),
+        ({"tuning": {"select_on": "test_accuracy"}}, "tuning.select_on", "'val_accuracy' or 'val_loss'"),
+        ({"tuning": {"seed": 7}, "grid": {"seeds": [1, 2]}}, "tuning.seed", "not one of the training seeds"),
+        ({"train": {"checkpoint": "middle"}}, "train.checkpoint", "'best' or 'last'"),
         ({"grid": {"optimizer": ["adam", "lion"]}}, "grid.optimizer.1", "'sgd', 'adam' or 'rmsprop'"),
         ({"model": {"activation": "swishy"}}, "model.activation", "'relu'"),
         ({"grid": {"activation": ["relu", "Relu"]}}, "grid.activation.1", "'relu'"),
@@ -187,11 +196,14 @@ def test_the_pipeline_needs_every_key_written_out(tmp_path: Path) -> None:
     assert 'train.loss: missing; DVC tracks it, so write it out (default: "categorical_crossentropy")' in str(
         err.value
     )
-    # The shipped file is the schema's defaults, but for five training seeds: the schema's None
-    # (the one top-level seed) suits a stage run by hand on a partial file.
+    # The shipped file is the schema's defaults, but for five training seeds and the fair
+    # comparison (tuning, best checkpoints): the schema's None and "last" (the one top-level
+    # seed, one run at each optimizer's rate) suit a stage run by hand on a partial file.
     shipped = load_params(REPO / "params.yaml", complete=True)
     assert shipped.grid.seeds == [1, 2, 3, 4, 5]
-    assert shipped.model_copy(update={"grid": Params().grid}) == Params()
+    assert shipped.tuning is not None and shipped.train.checkpoint == "best"
+    untuned = {"grid": Params().grid, "tuning": None, "train": Params().train}
+    assert shipped.model_copy(update=untuned) == Params()
 
 
 def test_seeds_must_be_distinct_and_in_range() -> None:

@@ -108,7 +108,7 @@ def _runs(repo: Path) -> list[Run]:
     """The cell runs in the repo's MLflow store."""
     client = MlflowClient(_store(repo))
     runs = client.search_runs([client.get_experiment_by_name("annlab").experiment_id])
-    return [r for r in runs if r.data.tags.get("annlab.role") == "cell"]
+    return [r for r in runs if r.data.tags.get("annlab.role") == "final"]
 
 
 def _cell_runs(repo: Path) -> list[str]:

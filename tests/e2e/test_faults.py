@@ -245,7 +245,7 @@ def test_eight_queued_experiments_two_at_a_time_all_land_once(
     client = MlflowClient(uri or f"sqlite:///{repo / 'mlflow.db'}")
     (exp,) = [e for e in client.search_experiments() if e.name == "annlab"]
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    cells = [r for r in runs if r.data.tags.get("annlab.role") == "cell"]
+    cells = [r for r in runs if r.data.tags.get("annlab.role") == "final"]
     grids = [r for r in runs if r.data.tags.get("annlab.role") == "grid"]
     # One grid and one cell run per experiment: none lost, none twice, none failed.
     assert (len(cells), len(grids)) == (8, 8)
@@ -323,7 +323,7 @@ def test_no_run_is_lost_to_a_server_that_is_down_and_sync_uploads_each_once(
     assert synced.returncode == 0, synced.stderr
     exp_id = client.get_experiment_by_name("annlab").experiment_id
     runs = client.search_runs([exp_id], max_results=1000)
-    cells = [r for r in runs if r.data.tags.get("annlab.role") == "cell" and r.info.status == "FINISHED"]
+    cells = [r for r in runs if r.data.tags.get("annlab.role") == "final" and r.info.status == "FINISHED"]
     assert sorted(r.info.run_name for r in cells) == ["ann-adam-relu", "ann-adam-tanh"]  # each once
     (parent,) = [r for r in runs if r.data.tags.get("annlab.role") == "grid"]
     assert parent.info.status == "FINISHED" and parent.data.metrics["best_test_accuracy"] > 0
@@ -362,7 +362,7 @@ def _running_with_curves(client: MlflowClient) -> bool:
     if exp is None:
         return False
     running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
-    return any(r.data.tags.get("annlab.role") == "cell" and "loss" in r.data.metrics for r in running)
+    return any(r.data.tags.get("annlab.role") == "final" and "loss" in r.data.metrics for r in running)
 
 
 def _dvc_run_cache_race(output: str) -> bool:
@@ -433,7 +433,7 @@ def test_eight_dvc_exp_runs_at_once_all_land_once(
     client = MlflowClient(uri or f"sqlite:///{repo / 'mlflow.db'}")
     (exp,) = [e for e in client.search_experiments() if e.name == "annlab"]
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    cells = [r for r in runs if r.data.tags.get("annlab.role") == "cell"]
+    cells = [r for r in runs if r.data.tags.get("annlab.role") == "final"]
     grids = [r for r in runs if r.data.tags.get("annlab.role") == "grid"]
     assert (len(cells), len(grids)) == (8, 8)
     assert sorted(r.data.params["optimizers.adam.learning_rate"] for r in cells) == rates

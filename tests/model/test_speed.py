@@ -327,3 +327,36 @@ def test_the_next_seed_trains_the_same_bits_on_the_last_seeds_model_without_trac
     assert result["reused"]
     assert result["again"] == result["fresh"]
     assert result["traced_again"] == 0
+
+
+# A cell's learning-rate trials and then its seeds train one after another on one model
+# (`reuse`): a run at another learning rate must learn what a fresh model at that rate learns.
+REUSE_LEARNING_RATE = (
+    TRAIN.split("m.seed_everything(7)")[0]
+    + """
+import sys
+
+def train(optimizer, learning_rate, previous=None):
+    cell = params.for_cell("ann", optimizer, "relu").with_learning_rate(optimizer, learning_rate)
+    m.seed_everything(7)
+    fresh = m.compiled_model(cell, (8,), 3, speed, len(x))
+    model = m.reuse(previous, fresh, speed)
+    history = m.fit(model, (x, y), (xv, yv), 3, 16, verbose=0, speed=speed)
+    weights = b"".join(w.tobytes() for w in model.get_weights())
+    return model, {"history": history, "weights": hashlib.sha256(weights).hexdigest()}
+
+out = {}
+for optimizer in ("sgd", "adam", "rmsprop"):
+    first, _ = train(optimizer, 0.001)
+    reused, again = train(optimizer, 0.3, first)
+    _, fresh = train(optimizer, 0.3)
+    out[optimizer] = {"reused": reused is first, "same": again == fresh}
+print(json.dumps(out))
+"""
+)
+
+
+@pytest.mark.slow
+def test_a_reused_model_at_another_learning_rate_learns_what_a_fresh_one_does() -> None:
+    result = _train(REUSE_LEARNING_RATE)
+    assert result == {o: {"reused": True, "same": True} for o in ("sgd", "adam", "rmsprop")}

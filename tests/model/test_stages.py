@@ -12,6 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from annlab.report import figures
 from annlab.stages import evaluate, plot, report, train
 from conftest import processed_blobs
 
@@ -153,4 +154,5 @@ def test_a_meta_without_a_parameter_count_is_explained(grid: dict, tmp_path: Pat
     with pytest.raises(
         UserError, match=r"seed-1/meta.json: no n_params .*`dvc repro --force train@ann-adam-relu`"
     ):
-        report.read_rows(params, root / "eval", tmp_path / "models")
+        histories = {c.name: figures.read_histories(root / "history" / c.name) for c in params.cells()}
+        report.read_rows(params, root / "eval", tmp_path / "models", histories)

@@ -135,3 +135,47 @@ def forest_figure(summary: pd.DataFrame, analysis: Analysis, title: str) -> Any:
     label = "red: the best and the cells tied with it" if group else "one seed: no intervals, no ties tested"
     ax.set_title(f"{title}\n{label}", fontsize=10)
     return fig
+
+
+def learning_rate_figure(trials: pd.DataFrame, params: Params, title: str) -> Any:
+    """Validation accuracy (tuning seed, at each trial's checkpoint) against learning rate on a
+    log axis: one panel per optimizer, a line per activation (and architecture), the chosen rate
+    ringed, the optimizer's default as a dashed line; a diverged trial as an x at the bottom."""
+    plt = pyplot()
+    optimizers = [o for o in params.grid.optimizer if o in set(trials["optimizer"])]
+    fig, axes = plt.subplots(
+        1,
+        max(len(optimizers), 1),
+        figsize=(4.2 * max(len(optimizers), 1), 3.8),
+        squeeze=False,
+        layout="constrained",
+    )
+    colors = plt.get_cmap("tab10")
+    several = len(params.grid.model) > 1
+    for ax, optimizer in zip(axes[0], optimizers, strict=False):
+        mine = trials[trials["optimizer"] == optimizer]
+        for i, (_, group) in enumerate(mine.groupby("cell", sort=False)):
+            first = group.iloc[0]
+            label = f"{first['model']} {first['activation']}" if several else str(first["activation"])
+            ok = group[~group["diverged"].astype(bool)]
+            ax.plot(ok["learning_rate"], ok["val_accuracy"], "o-", color=colors(i % 10), label=label, ms=4)
+            chosen = group[group["chosen"]]
+            if not chosen.empty and not bool(chosen["diverged"].iloc[0]):
+                ax.plot(chosen["learning_rate"], chosen["val_accuracy"], "o", ms=11, mfc="none",
+                        mec=colors(i % 10), mew=2)  # fmt: skip
+            gone = group[group["diverged"].astype(bool)]
+            if not gone.empty:
+                ax.plot(gone["learning_rate"], [0.0] * len(gone), "x", color=colors(i % 10), ms=7)
+        ax.axvline(float(getattr(params.optimizers, optimizer).learning_rate), color="gray", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_ylim(0.0, 1.02)
+        ax.set_title(optimizer)
+        ax.set_xlabel("learning rate (log scale)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy at the checkpoint")
+    if optimizers:
+        axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(
+        f"{title}\nringed: the rate chosen; dashed: the optimizer's default; x: diverged", fontsize=10
+    )
+    return fig

@@ -10,12 +10,14 @@ import pandas as pd
 
 from annlab.params import Params, cell_name
 from annlab.report import confidence as conf
+from annlab.report import tuned
 from annlab.report.tables import (
     FACTORS,
     PIVOTS,
     Analysis,
     analyze,
     architectures_table,
+    champion_entry,
     fmt_value,
     leaderboard,
     p_text,
@@ -37,18 +39,27 @@ def comparison_markdown(
     commit: str,
     figures: dict[str, str],
     best_evaluation: dict[str, Any] | None = None,
+    trials: pd.DataFrame | None = None,
 ) -> str:
     """The whole report. Everything above the training-time section reproduces exactly.
 
     `best_evaluation`: the best cell's evaluation (evaluate's per-class report), for its
-    per-class table."""
+    per-class table; `trials`: the learning-rate trials (`tuned.trials_frame`), for the
+    "Tuning" section."""
     summary = summarize(rows)
     analysis = analyze(rows)
+    trials = trials if trials is not None else pd.DataFrame(columns=tuned.TRIAL_COLUMNS)
     # The answer first, under the question; what was compared after it.
     title, details = header(params, rows, commit).split("\n\n", 1)
     parts = [title, "", headline(summary, analysis), "", details]
     if analysis.best is not None:
-        parts += ["", "## What the data says", "", *(f"- {s}" for s in sentences(summary, analysis, params))]
+        said = sentences(summary, analysis, params)
+        if moved := tuned.moved_sentence(trials, analysis.effects.get("optimizer")):
+            said.append(moved)
+        parts += ["", "## What the data says", "", *(f"- {s}" for s in said)]
+    parts += ["", "## Tuning", "", *tuned.tuning_section(params, trials)]
+    if (champion := champion_entry(rows, summary)) is not None:
+        parts += ["", "## The model in use", "", champion_text(champion)]
     parts += [
         "",
         "## Architectures",
@@ -90,6 +101,26 @@ def comparison_markdown(
 
     parts += ["", TIMING_HEADING, "", timing_section(params, timings)]
     return "\n".join(parts) + "\n"
+
+
+def champion_text(champion: dict[str, Any]) -> str:
+    """Which cell is registered for use and why: chosen on validation, with its test accuracy as
+    an estimate that no choice has touched."""
+
+    def value(metric: str) -> str:
+        low, high = champion[f"{metric}_low"], champion[f"{metric}_high"]
+        interval = f" [{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
+        return f"{champion[metric]:.4f}{interval}"
+
+    val = value("val_accuracy")
+    text = (
+        f"The model registered for use (`@champion`) comes from **{champion['cell']}**, the cell with the"
+        f" highest mean validation accuracy over its seeds, {val}. The test split played no part in"
+        " that choice"
+    )
+    if champion["test_accuracy"] is None:
+        return text + "."
+    return f"{text}, so its test accuracy, {value('test_accuracy')}, is an estimate no choice has touched."
 
 
 def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
@@ -309,6 +340,31 @@ def method_note(params: Params, rows: pd.DataFrame, analysis: Analysis) -> list[
         " pair the same way, Holm-adjusted within the factor.",
         "- Single runs: the Wilson 95 % interval of each run's test accuracy over its test samples,"
         " the test set's own sampling error.",
+        *tuning_note(params),
+    ]
+
+
+def tuning_note(params: Params) -> list[str]:
+    """The tuning protocol in three lines: the values tried, the selection metric, the seeds."""
+    tuned = {o: t for o in params.grid.optimizer if (t := params.tuning_for(o))}
+    if not tuned:
+        return [
+            f"- No tuning: each optimizer trained at its own learning rate; runs are evaluated at the"
+            f" {params.train.checkpoint} epoch's weights."
+        ]
+    first = next(iter(tuned.values()))
+    tried = "; ".join(f"{o}: {', '.join(f'{r:g}' for r in t.learning_rates)}" for o, t in tuned.items())
+    untuned = [o for o in params.grid.optimizer if o not in tuned]
+    return [
+        f"- Tuning, values tried per optimizer: {tried}"
+        + (f" ({', '.join(untuned)}: its own rate only)" if untuned else "")
+        + ".",
+        f"- Selection: the {'lowest' if first.select_on == 'val_loss' else 'highest'}"
+        f" {first.select_on.replace('_', ' ')} on seed {first.seed}, at each trial's"
+        f" {params.train.checkpoint} checkpoint (ties: the lower validation loss, then the smaller rate; a"
+        " diverged trial last); the test split plays no part in any choice.",
+        f"- Seeds: the chosen rate trained on every seed ({', '.join(map(str, params.seeds))}); seed"
+        f" {first.seed}'s run is its trial at that rate.",
     ]
 
 

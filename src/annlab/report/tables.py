@@ -27,8 +27,13 @@ ROW_COLUMNS = [
     *SEED_METRICS,
     "n_test",
     "n_params",
+    # the learning rate the run trained at, and the checkpoint it is evaluated with: its epoch
+    # and validation accuracy there (what every choice is made on)
+    "learning_rate",
+    "checkpoint_epoch",
+    "val_accuracy",
 ]
-INT_COLUMNS = ["seed", "diverged_epoch", "best_epoch", "epochs_run", "n_test", "n_params"]
+INT_COLUMNS = ["seed", "diverged_epoch", "best_epoch", "epochs_run", "n_test", "n_params", "checkpoint_epoch"]
 TIMING_COLUMNS = [
     "cell",
     "model",
@@ -390,6 +395,37 @@ def best_levels(analysis: Analysis) -> dict[str, str]:
     return out
 
 
+def best_on_validation(rows: pd.DataFrame) -> str | None:
+    """The cell whose mean validation accuracy over its seeds (each at its checkpoint) is the
+    highest, the first in grid order on a tie: the one put in use. The test split plays no part,
+    so its test accuracy stays an estimate no choice has touched."""
+    ok = rows[~rows["diverged"].astype(bool) & rows["val_accuracy"].notna()]
+    if ok.empty:
+        return None
+    means = ok.groupby("cell", sort=False)["val_accuracy"].mean()
+    return str(means.idxmax())
+
+
+def champion_entry(rows: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any] | None:
+    """The cell chosen on validation (`best_on_validation`), its validation accuracy with its
+    interval over seeds, and its test accuracy with its own."""
+    cell = best_on_validation(rows)
+    if cell is None:
+        return None
+    values = rows[(rows["cell"] == cell) & ~rows["diverged"].astype(bool)]["val_accuracy"]
+    val = conf.t_interval([float(v) for v in values], bounds=conf.PROPORTION)
+    record = summary.set_index("cell").loc[cell]
+    return {
+        "cell": cell,
+        "val_accuracy": val.mean,
+        "val_accuracy_low": val.low if val.n > 1 else None,
+        "val_accuracy_high": val.high if val.n > 1 else None,
+        "test_accuracy": _or_none(record["test_accuracy"]),
+        "test_accuracy_low": _or_none(record["test_accuracy_low"]),
+        "test_accuracy_high": _or_none(record["test_accuracy_high"]),
+    }
+
+
 def summary_metrics(rows: pd.DataFrame) -> dict[str, Any]:
     """The grid's headline numbers, for `dvc metrics show` and `dvc exp show`."""
     summary = summarize(rows)
@@ -423,6 +459,7 @@ def summary_metrics(rows: pd.DataFrame) -> dict[str, Any]:
             entry["best_test_accuracy"] = float(cells.set_index("cell").loc[model_best, "test_accuracy"])
         by_model[str(model)] = entry
     out["by_model"] = by_model
+    out["champion"] = champion_entry(rows, summary)
     return out
 
 

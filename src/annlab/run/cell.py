@@ -52,9 +52,10 @@ class Job:
         return self.argv[self.argv.index(flag) + 1]
 
     @property
-    def outputs(self) -> tuple[str, str]:
-        """The folders the cell writes: its models and its histories."""
-        return self.arg("--model-dir"), self.arg("--history")
+    def outputs(self) -> tuple[str, ...]:
+        """The folders the cell writes: its models, its histories and its learning-rate trials."""
+        flags = ("--model-dir", "--history", "--tuning")
+        return tuple(self.arg(flag) for flag in flags if flag in self.argv)
 
 
 @dataclass

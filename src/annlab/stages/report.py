@@ -12,13 +12,15 @@ import pandas as pd
 from annlab import io, runtime
 from annlab.errors import UserError
 from annlab.params import Params, load_params
-from annlab.report import charts, figures, markdown
+from annlab.report import charts, figures, markdown, tuned
 from annlab.report import tables as rep
 from annlab.report.metrics import SEED_METRICS
 from annlab.track import store
 
 
-def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def read_rows(
+    params: Params, eval_dir: Path, models_dir: Path, histories: dict[str, dict[int, pd.DataFrame]]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Per (cell, seed): its metrics, its timing, and train's meta and timing (for MLflow)."""
     rows, timings, metas = [], [], {}
     for cell, model, optimizer, activation in params.cells():
@@ -55,6 +57,7 @@ def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.Data
                     **{k: entry[k] for k in SEED_METRICS},
                     "n_test": entry["n_test"],
                     "n_params": meta["n_params"],
+                    **checkpoint_of(meta, histories[cell][seed], params, optimizer),
                 }
             )
             timing = io.read_json(seed_dir / "timing.json")
@@ -63,12 +66,53 @@ def read_rows(params: Params, eval_dir: Path, models_dir: Path) -> tuple[pd.Data
     return rep.rows_frame(rows), pd.DataFrame(timings, columns=rep.TIMING_COLUMNS), metas
 
 
+def checkpoint_of(
+    meta: dict[str, Any], history: pd.DataFrame, params: Params, optimizer: str
+) -> dict[str, Any]:
+    """A run's learning rate and the checkpoint it is evaluated with (its epoch and validation
+    accuracy): as train recorded them, or for a run at the final epoch without a record, that
+    epoch's."""
+    rate = meta.get("learning_rate", getattr(params.optimizers, optimizer).learning_rate)
+    if "checkpoint_epoch" in meta:
+        return {
+            "learning_rate": rate,
+            "checkpoint_epoch": meta["checkpoint_epoch"],
+            "val_accuracy": meta["checkpoint_val_accuracy"],
+        }
+    last = None if meta["diverged"] or history.empty else float(history["val_accuracy"].iloc[-1])
+    return {
+        "learning_rate": rate,
+        "checkpoint_epoch": None if last is None else len(history),
+        "val_accuracy": last,
+    }
+
+
+def read_trials(params: Params, tuning_dir: Path) -> dict[str, dict[float, pd.DataFrame]]:
+    """Each cell's learning-rate trials: its history CSV by learning rate (none for a one-shot
+    cell), as train wrote them under `tuning_dir/<cell>/` (choice.json names the files)."""
+    trials: dict[str, dict[float, pd.DataFrame]] = {}
+    for cell in params.cells():
+        choice_path = tuning_dir / cell.name / "choice.json"
+        if not choice_path.is_file():
+            raise UserError(f"{choice_path}: missing; run `dvc repro` so the cell is trained again")
+        choice = io.read_json(choice_path)
+        trials[cell.name] = {
+            # round_trip: the floats train wrote with repr, read back to the same bits
+            float(t["learning_rate"]): pd.read_csv(
+                tuning_dir / cell.name / t["file"], float_precision="round_trip"
+            )
+            for t in choice["trials"]
+        }
+    return trials
+
+
 def main(argv: list[str] | None = None) -> None:
     """Write the comparison report, its CSVs and figures; file the grid in MLflow."""
     p = runtime.parser(__doc__)
     p.add_argument("--data", type=Path, required=True, help="preprocess's output (the test split)")
     p.add_argument("--eval", type=Path, required=True, help="evaluate's per-cell report folder")
     p.add_argument("--history", type=Path, required=True, help="train's per-cell history folders")
+    p.add_argument("--tuning", type=Path, help="train's per-cell learning-rate trials (none: no tuning)")
     p.add_argument("--models", type=Path, required=True, help="train's model folders (meta, timings)")
     p.add_argument("--cell-figures", type=Path, required=True, help="plot's per-cell figure folders")
     p.add_argument("--markdown", type=Path, required=True, help="the report, Markdown")
@@ -79,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--forest", type=Path, required=True, help="forest plot PNG: each cell's interval")
     p.add_argument("--curves-by-activation", type=Path, required=True, help="PNG, a panel per activation")
     p.add_argument("--curves-by-optimizer", type=Path, required=True, help="PNG, a panel per optimizer")
+    p.add_argument("--learning-rates", type=Path, help="PNG: validation accuracy against learning rate")
     p.add_argument(
         "--mlflow-only",
         action="store_true",
@@ -88,21 +133,24 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     if args.mlflow_only and store.offline():
         raise UserError(f"{store.OFFLINE_ENV} is set: unset it to upload the runs to MLflow")
-    rows, timings, metas = read_rows(params, args.eval, args.models)
     histories = {cell.name: figures.read_histories(args.history / cell.name) for cell in params.cells()}
+    rows, timings, metas = read_rows(params, args.eval, args.models, histories)
+    trials = tuned.trials_frame(params, read_trials(params, args.tuning) if args.tuning else {})
     shown = {
         "Test accuracy per cell with its 95 % interval; the best and its ties in red": args.forest,
         "Test accuracy per optimizer and activation": args.heatmap,
         "Validation curves, one panel per activation": args.curves_by_activation,
         "Validation curves, one panel per optimizer": args.curves_by_optimizer,
     }
+    if args.learning_rates:
+        shown["Validation accuracy against learning rate, one panel per optimizer"] = args.learning_rates
     grid_files = [args.markdown, args.csv, args.timings, args.summary, *shown.values()]
-    headline = rep.summary_metrics(rows)
+    headline = {**rep.summary_metrics(rows), **tuned.summary_entries(trials)}
     if args.mlflow_only:
         if missing := [str(path) for path in grid_files if not path.is_file()]:
             raise UserError(f"{', '.join(missing)}: missing; run `dvc repro`, which writes the report, first")
     else:
-        write_report(params, rows, timings, histories, shown, args)
+        write_report(params, rows, timings, histories, trials, shown, args)
         io.write_json(args.summary, headline)
         print(
             f"report: {len(rows)} runs in {len(set(rows['cell']))} cells; best {headline['best_cell']};"
@@ -134,6 +182,7 @@ def write_report(
     rows: pd.DataFrame,
     timings: pd.DataFrame,
     histories: dict[str, dict[int, pd.DataFrame]],
+    trials: pd.DataFrame,
     shown: dict[str, Path],
     args: Any,
 ) -> None:
@@ -160,11 +209,17 @@ def write_report(
         ),
         args.curves_by_optimizer,
     )
+    if args.learning_rates:
+        figures.save(
+            charts.learning_rate_figure(trials, params, f"Learning rates tried ({data_name})"),
+            args.learning_rates,
+        )
     links = {title: _relative(path, args.markdown.parent) for title, path in shown.items()}
     best = rep.analyze(rows).best
     evaluation = io.read_json(args.eval / f"{best}.json") if best else None
     io.write_text(
-        args.markdown, markdown.comparison_markdown(params, rows, timings, code_version(), links, evaluation)
+        args.markdown,
+        markdown.comparison_markdown(params, rows, timings, code_version(), links, evaluation, trials),
     )
     io.write_text(args.csv, rep.rows_csv(rows))
     io.write_text(args.timings, timings.to_csv(index=False, lineterminator="\n", float_format="%.3f"))

@@ -1,18 +1,28 @@
-"""Stage `train@<model>-<optimizer>-<activation>`: train one grid cell, log each seed as an MLflow run."""
+"""Stage `train@<model>-<optimizer>-<activation>`: train one grid cell, log each run in MLflow.
+
+With a tuning list for the cell's optimizer (`tuning.learning_rates`), each value is first
+trained on the tuning seed (the trials); the one with the best validation metric at its
+checkpoint is chosen (`annlab.train.tuning`), and every other seed trains at it. The tuning
+seed's run at the chosen rate is that seed's run. Without one, every seed trains once at
+`optimizers.<name>.learning_rate`."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
 from annlab import io, runtime
-from annlab.params import Activation, ModelType, OptimizerName, Params, cell_name, load_params
+from annlab import tuning as tune
+from annlab.params import Activation, ModelType, OptimizerName, Params, Tuning, cell_name, load_params
 from annlab.report.metrics import one_hot
 from annlab.train.speed import Speed
 
@@ -53,7 +63,7 @@ def summary_text(model: Any) -> str:
 
 @dataclass(frozen=True)
 class CellRun:
-    """What every seed of one cell shares while it trains: the cell, its data, its MLflow place."""
+    """What every run of one cell shares while it trains: the cell, its data, its MLflow place."""
 
     base: Params  # params.yaml as it is (the grid)
     params: Params  # the cell's own (`Params.for_cell`)
@@ -68,21 +78,30 @@ class CellRun:
     exp_id: str
     parent_id: str
     tags: dict[str, str]
+    tuning: Tuning | None  # None: one-shot at the optimizer's own learning rate
 
     @property
     def cell(self) -> str:
         """The cell's name, e.g. `ann-adam-relu`."""
         return cell_name(self.model_type, self.optimizer, self.activation)
 
+    @property
+    def default_learning_rate(self) -> float:
+        """The optimizer's own learning rate (`optimizers.<name>.learning_rate`)."""
+        return float(getattr(self.base.optimizers, self.optimizer).learning_rate)
+
 
 @dataclass
 class SeedResult:
-    """One seed's training: its line for the log, final validation accuracy, time and model."""
+    """One run's training: its line for the log, final validation accuracy, time, model and
+    checkpoint, and its MLflow run (None when MLflow is out of reach)."""
 
     line: str
     final_val_accuracy: float | None  # None when it diverged
     seconds: float
-    model: Any  # keras.Model, reused by the next seed
+    model: Any  # keras.Model, reused by the next run
+    checkpoint: tune.Checkpoint
+    run_id: str | None
 
 
 def open_cell(args: argparse.Namespace, base: Params, speed: Speed) -> CellRun:
@@ -117,47 +136,67 @@ def open_cell(args: argparse.Namespace, base: Params, speed: Speed) -> CellRun:
     }
     return CellRun(
         base, params, args.model, args.optimizer, args.activation, args.data, info, digest, speed,
-        link, exp_id, parent_id, tags,
+        link, exp_id, parent_id, tags, base.tuning_for(args.optimizer),
     )  # fmt: skip
 
 
-def train_seed(run: CellRun, seed: int, seed_dir: Path, history_path: Path, previous: Any) -> SeedResult:
-    """Train one seed of the cell in its own MLflow run and save it; `previous`: the last seed's
+def train_seed(
+    run: CellRun,
+    seed: int,
+    seed_dir: Path,
+    history_path: Path,
+    previous: Any,
+    learning_rate: float | None = None,
+    role: str = "final",
+) -> SeedResult:
+    """Train one run of the cell (seed `seed`, at `learning_rate`; None: the optimizer's own) in
+    its own MLflow run tagged `role` ("trial" or "final") and save it; `previous`: the last run's
     model (None for the first), whose compiled step the new one reuses."""
     from annlab.track import tracking
     from annlab.track.epochs import EpochLogger
     from annlab.train import model as annmodel
 
+    rate = run.default_learning_rate if learning_rate is None else learning_rate
+    params, base = (
+        run.params.with_learning_rate(run.optimizer, rate),
+        run.base.with_learning_rate(run.optimizer, rate),
+    )
     n_classes = len(run.info["class_names"])
     split = io.split_dir(run.data, seed)  # the seed's own split, with data.split_per_seed
     x_train, y_train = io.load_array(split, "x_train"), io.load_array(split, "y_train")
     x_val, y_val = io.load_array(split, "x_val"), io.load_array(split, "y_val")
     annmodel.seed_everything(seed)
-    logged_params = tracking.cell_params(run.base, run.model_type, run.optimizer, run.activation, seed)
+    logged_params = tracking.cell_params(base, run.model_type, run.optimizer, run.activation, seed)
     key = tracking.cell_key(run.cell, logged_params, run.digest)
     grid_id = run.tags[tracking.GRID_TAG]
     name = tracking.cell_run_name(run.cell, seed, run.base.seeds)
-    run_tags = {**run.tags, tracking.CELL_KEY_TAG: key}
-    link = run.link
-    with tracking.start_cell_run(
-        link, run.exp_id, tracking.run_key(key, grid_id), name, run.parent_id, run_tags
-    ):
+    if role == "trial":
+        name = f"{run.cell} lr={rate:g}"
+    run_tags = {**run.tags, tracking.CELL_KEY_TAG: key, **tracking.role_tags(role, rate)}
+    link, run_key = run.link, tracking.run_key(key, grid_id)
+    with tracking.start_cell_run(link, run.exp_id, run_key, name, run.parent_id, run_tags):
+        run_id = link.call(lambda: tracking.active_run_id())
         splits = {"training": (x_train, y_train), "validation": (x_val, y_val)}
         link.call(tracking.log_cell_inputs, logged_params, grid_id, splits, run.info["dataset"])
         # A table's width is its split's own (one-hot over the categories its training rows hold).
         shape = tuple(run.info["input_shape"] or x_train.shape[1:])
-        fresh = annmodel.compiled_model(run.params, shape, n_classes, run.speed, len(x_train))
+        fresh = annmodel.compiled_model(params, shape, n_classes, run.speed, len(x_train))
         model = annmodel.reuse(previous, fresh, run.speed)
         started = time.perf_counter()
         logger = EpochLogger(link)
+        callbacks = [logger]
+        if params.train.checkpoint == "best":
+            callbacks.append(
+                annmodel.KeepBest(run.base.tuning.select_on if run.base.tuning else "val_accuracy")
+            )
         try:
             fitted = annmodel.fit(
                 model,
                 (x_train, one_hot(y_train, n_classes)),
                 (x_val, one_hot(y_val, n_classes)),
-                epochs=run.params.train.epochs,
-                batch_size=run.params.train.batch_size,
-                callbacks=[logger],
+                epochs=params.train.epochs,
+                batch_size=params.train.batch_size,
+                callbacks=callbacks,
                 verbose=1 if sys.stdout.isatty() else 2,
                 speed=run.speed,
             )
@@ -166,29 +205,44 @@ def train_seed(run: CellRun, seed: int, seed_dir: Path, history_path: Path, prev
             raise
         seconds = time.perf_counter() - started
         history = {c: fitted[c] for c in HISTORY_COLUMNS[1:]}
-        diverged_at = write_seed(run, seed, seed_dir, history_path, split, model, key, history, seconds)
+        chosen = tune.checkpoint(history, params.train.checkpoint, select_on(run.base))
+        saved = SavedRun(seed, rate, key, history, seconds, chosen)
+        diverged_at = write_seed(run, saved, seed_dir, history_path, split, model)
         # What the run holds is what was just written: `annlab sync` logs the same from the files.
-        link.call(tracking.log_cell_outputs, seed_dir, history_path, split, model)
-    if diverged_at is not None:
-        line = f"train: {name}: diverged at epoch {diverged_at} (loss no longer finite); stopped"
-        return SeedResult(line, None, seconds, model)
+        link.call(tracking.log_cell_outputs, seed_dir, history_path, split, model, role == "final")
+    what = f"{name}" if role == "trial" else f"{name} lr={rate:g}"
+    if not chosen.usable:
+        line = f"train: {what}: diverged at epoch {diverged_at} (loss no longer finite); stopped"
+        return SeedResult(line, None, seconds, model, chosen, run_id)
     final = history["val_accuracy"][-1]
-    return SeedResult(f"train: {name}: val_accuracy={final:.4f} in {seconds:.1f}s", final, seconds, model)
+    at = f" (checkpoint: epoch {chosen.epoch})" if params.train.checkpoint == "best" else ""
+    line = f"train: {what}: val_accuracy={final:.4f}{at} in {seconds:.1f}s"
+    return SeedResult(line, final, seconds, model, chosen, run_id)
+
+
+def select_on(params: Params) -> str:
+    """The validation metric that picks learning rates and best checkpoints."""
+    return params.tuning.select_on if params.tuning else "val_accuracy"
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """What one trained run writes beside its model."""
+
+    seed: int
+    learning_rate: float
+    key: str
+    history: dict[str, list[float]]
+    seconds: float
+    checkpoint: tune.Checkpoint
 
 
 def write_seed(
-    run: CellRun,
-    seed: int,
-    seed_dir: Path,
-    history_path: Path,
-    split: Path,
-    model: Any,
-    key: str,
-    history: dict[str, list[float]],
-    seconds: float,
+    run: CellRun, saved: SavedRun, seed_dir: Path, history_path: Path, split: Path, model: Any
 ) -> int | None:
-    """Save a trained seed: model, meta, summary, timing and history; returns the epoch at which
+    """Save a trained run: model, meta, summary, timing and history; returns the epoch at which
     it diverged (None if it did not)."""
+    history = saved.history
     diverged_at = diverged_epoch(history)
     best_val, best_at = best_epoch(history)
     epochs_run = len(history["loss"])
@@ -200,7 +254,7 @@ def write_seed(
     shutil.copy(run.data / "dataset.json", seed_dir / "dataset.json")
     meta = {
         "cell": run.cell,
-        "seed": seed,
+        "seed": saved.seed,
         "model_type": run.model_type,
         "optimizer": run.optimizer,
         "activation": run.activation,
@@ -208,25 +262,129 @@ def write_seed(
         "dataset": run.info["dataset"],
         "model": run.params.model.label,
         "n_params": model.count_params(),
-        "cell_key": key,
+        "cell_key": saved.key,
         "data_digest": run.digest,
         "epochs_run": epochs_run,
-        "diverged": diverged_at is not None,
+        # A run is diverged when the weights it is evaluated with are not finite: with
+        # train.checkpoint best, a run that diverged late keeps its best epoch.
+        "diverged": not saved.checkpoint.usable,
         "diverged_epoch": diverged_at,
         "best_val_accuracy": best_val,
         "best_epoch": best_at,
     }
+    if run.params.train.checkpoint == "best" or run.tuning is not None:
+        meta |= {
+            "learning_rate": saved.learning_rate,
+            "tuned": run.tuning is not None,
+            "checkpoint": run.params.train.checkpoint,
+            "checkpoint_epoch": saved.checkpoint.epoch,
+            "checkpoint_val_accuracy": saved.checkpoint.val_accuracy,
+            "checkpoint_val_loss": saved.checkpoint.val_loss,
+        }
     io.write_json(seed_dir / "meta.json", meta)
     io.write_text(seed_dir / "model_summary.txt", summary_text(model))
     # Timings are not reproducible, so they stay out of the files DVC compares.
-    timing = {"train_seconds": seconds, "seconds_per_epoch": seconds / epochs_run}
+    timing = {"train_seconds": saved.seconds, "seconds_per_epoch": saved.seconds / epochs_run}
     io.write_json(seed_dir / "timing.json", timing)
     io.write_text(history_path, history_csv(history))
     return diverged_at
 
 
+def trial_name(learning_rate: float) -> str:
+    """A trial's file name in reports/tuning/<cell>/, e.g. `lr-0.003.csv`."""
+    return f"lr-{learning_rate!r}.csv"
+
+
+def tune_cell(run: CellRun, model_dir: Path, history_dir: Path, tuning_dir: Path) -> list[SeedResult]:
+    """Train each learning rate of the cell's list on the tuning seed, choose one on validation,
+    keep the chosen trial as the tuning seed's run and train every other seed at it."""
+    from annlab.track import tracking
+
+    assert run.tuning is not None
+    seeds, rates = run.base.seeds, run.tuning.learning_rates
+    trials: list[SeedResult] = []
+    for n, rate in enumerate(rates, start=1):
+        print(f"train: {run.cell} trial lr={rate:g} ({n}/{len(rates)}) on seed {run.tuning.seed}", flush=True)
+        previous = trials[-1].model if trials else None
+        trial_dir = model_dir / f".trial-{n}"
+        trials.append(
+            train_seed(
+                run, run.tuning.seed, trial_dir, tuning_dir / trial_name(rate), previous, rate, "trial"
+            )
+        )
+        print(trials[-1].line)
+    judged = [tune.Trial(rate, t.checkpoint) for rate, t in zip(rates, trials, strict=True)]
+    chosen = tune.choose(judged, run.tuning.select_on)
+    at = rates.index(chosen.learning_rate)
+    seed_name = io.seed_name(run.tuning.seed)
+    (model_dir / f".trial-{at + 1}").rename(model_dir / seed_name)
+    for n in range(1, len(rates) + 1):
+        shutil.rmtree(model_dir / f".trial-{n}", ignore_errors=True)
+    shutil.copy(tuning_dir / trial_name(chosen.learning_rate), history_dir / f"{seed_name}.csv")
+    choice = {
+        "cell": run.cell,
+        "optimizer": run.optimizer,
+        "tuned": True,
+        "learning_rate": chosen.learning_rate,
+        "default_learning_rate": run.default_learning_rate,
+        "select_on": run.tuning.select_on,
+        "checkpoint": run.params.train.checkpoint,
+        "tuning_seed": run.tuning.seed,
+        "edge": tune.edge(chosen.learning_rate, rates),
+        "trials": [{**t.as_dict(), "file": trial_name(t.learning_rate)} for t in judged],
+    }
+    io.write_text(tuning_dir / "choice.json", json.dumps(choice, indent=2) + "\n")
+    print(f"train: {run.cell}: chose lr={chosen.learning_rate:g} on {run.tuning.select_on}", flush=True)
+    best = trials[at]
+    if best.run_id is not None:  # the chosen trial is the tuning seed's run
+        seed_dir = model_dir / seed_name
+        split = io.split_dir(run.data, run.tuning.seed)
+        run.link.call(
+            tracking.promote_trial,
+            best.run_id,
+            chosen.learning_rate,
+            seed_dir,
+            history_dir / f"{seed_name}.csv",
+            split,
+        )  # from the saved folder: the trials after it trained on the same Keras model
+    results = [best]
+    for n, seed in enumerate([s for s in seeds if s != run.tuning.seed], start=2):
+        print(f"train: {run.cell} seed {seed} ({n}/{len(seeds)}) at lr={chosen.learning_rate:g}", flush=True)
+        name = io.seed_name(seed)
+        previous = results[-1].model if len(results) > 1 else trials[-1].model
+        results.append(
+            train_seed(
+                run, seed, model_dir / name, history_dir / f"{name}.csv", previous, chosen.learning_rate
+            )
+        )
+        print(results[-1].line)
+    return results
+
+
+def one_shot(run: CellRun, model_dir: Path, history_dir: Path, tuning_dir: Path) -> list[SeedResult]:
+    """Train every seed once at the optimizer's own learning rate (no tuning list)."""
+    results: list[SeedResult] = []
+    for n, seed in enumerate(run.base.seeds, start=1):
+        print(f"train: {run.cell} seed {seed} ({n}/{len(run.base.seeds)})", flush=True)
+        name = io.seed_name(seed)
+        previous = results[-1].model if results else None
+        results.append(train_seed(run, seed, model_dir / name, history_dir / f"{name}.csv", previous))
+        print(results[-1].line)
+    choice = {
+        "cell": run.cell,
+        "optimizer": run.optimizer,
+        "tuned": False,
+        "learning_rate": run.default_learning_rate,
+        "default_learning_rate": run.default_learning_rate,
+        "checkpoint": run.params.train.checkpoint,
+        "trials": [],
+    }
+    io.write_text(tuning_dir / "choice.json", json.dumps(choice, indent=2) + "\n")
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, float | None]:
-    """Train the cell once per seed; save models and histories; log each seed as an MLflow run.
+    """Train the cell (its trials, then every seed); save models and histories; log each run.
 
     Returns what a warm worker reports of the cell: its final validation accuracy (the mean
     over the seeds that did not diverge; None if all did) and its training seconds.
@@ -238,6 +396,9 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
     p.add_argument("--data", type=Path, required=True, help="preprocess's output folder")
     p.add_argument("--model-dir", type=Path, required=True, help="folder for one model per seed")
     p.add_argument("--history", type=Path, required=True, help="folder for one history CSV per seed")
+    p.add_argument(
+        "--tuning", type=Path, help="folder for the learning-rate trials (their histories, choice.json)"
+    )
     args = p.parse_args(argv)
     base = load_params(args.params)
     speed = Speed.from_env()
@@ -248,17 +409,18 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
 
     annmodel.configure(speed)
     run = open_cell(args, base, speed)
-    results: list[SeedResult] = []
-    # One atomic write for all seeds: a failure leaves the previous outputs, never a partial cell.
-    with io.atomic_path(args.model_dir) as model_dir, io.atomic_path(args.history) as history_dir:
-        model_dir.mkdir()
-        history_dir.mkdir()
-        for n, seed in enumerate(base.seeds, start=1):
-            print(f"train: {run.cell} seed {seed} ({n}/{len(base.seeds)})", flush=True)
-            name = io.seed_name(seed)
-            previous = results[-1].model if results else None
-            results.append(train_seed(run, seed, model_dir / name, history_dir / f"{name}.csv", previous))
-            print(results[-1].line)
+    # One atomic write for all runs: a failure leaves the previous outputs, never a partial cell.
+    with contextlib.ExitStack() as outputs:
+        model_dir = outputs.enter_context(io.atomic_path(args.model_dir))
+        history_dir = outputs.enter_context(io.atomic_path(args.history))
+        if args.tuning:
+            tuning_dir = outputs.enter_context(io.atomic_path(args.tuning))
+        else:  # the trials' histories are not kept
+            tuning_dir = Path(outputs.enter_context(tempfile.TemporaryDirectory())) / "trials"
+        for folder in (model_dir, history_dir, tuning_dir):
+            folder.mkdir()
+        train_all = tune_cell if run.tuning is not None else one_shot
+        results = train_all(run, model_dir, history_dir, tuning_dir)
     if run.link.lost and not tracking.offline():
         print(
             f"train: MLflow tracking server {run.link.lost}: the outputs are complete;"

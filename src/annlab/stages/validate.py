@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from annlab import io, runtime
 from annlab.params import load_params
 
@@ -17,6 +19,12 @@ def main(argv: list[str] | None = None) -> None:
     """Validate the params file and the data it names; write the stamp (without --stamp: only check)."""
     p = runtime.parser(__doc__)
     p.add_argument("--stamp", type=Path, help="file written when params are valid")
+    p.add_argument(
+        "--tuning",
+        type=Path,
+        help="YAML written with each optimizer's resolved tuning (learning rates tried, selection"
+        " metric, tuning seed; null: one-shot), the params file the cells' stages track",
+    )
     p.add_argument(
         "--params-only",
         action="store_true",
@@ -32,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"validate: {params.data.path}: {data.describe()}")
     if args.stamp:
         io.write_text(args.stamp, STAMP)
+    if args.tuning:
+        io.write_text(args.tuning, yaml.safe_dump(params.resolved_tuning(), sort_keys=True))
 
 
 if __name__ == "__main__":

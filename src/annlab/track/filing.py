@@ -74,7 +74,7 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
     for _, row in rows.iterrows():
         cell, seed = row["cell"], int(row["seed"])
         meta = out.metas[cell, seed]
-        logged = tracking.cell_params(params, row["model"], row["optimizer"], row["activation"], seed)
+        logged = tracking.run_params(params, row, meta, seed)
         if tracking.cell_key(cell, logged, digest) != meta["cell_key"]:
             raise UserError(
                 f"{out.models_dir / cell / io.seed_name(seed) / 'meta.json'}: trained on other params or"
@@ -147,7 +147,7 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
         f"report: MLflow grid run {parent_id} with {len(rows)} child runs,"
         f" in {tracking.redact(mlflow.get_tracking_uri())}"
     )
-    if headline["best_cell"] is not None:
+    if headline.get("champion") is not None:
         print(registry.register_best(params, rows, headline, out.metas, out.data_dir, run_of))
 
 
@@ -182,7 +182,7 @@ def rebuild_run(
     tags = {
         tracking.KEY_TAG: tracking.run_key(meta["cell_key"], grid_id),
         tracking.CELL_KEY_TAG: meta["cell_key"],
-        tracking.ROLE_TAG: "cell",
+        tracking.ROLE_TAG: "final",
         tracking.PARENT_TAG: parent_id,
         tracking.CELL_TAG: cell,
         tracking.GRID_TAG: grid_id,
@@ -221,7 +221,7 @@ def rebuild_run(
         "training": (arrays["x_train"], arrays["y_train"]),
         "validation": (arrays["x_val"], arrays["y_val"]),
     }
-    logged = tracking.cell_params(params, row["model"], row["optimizer"], row["activation"], seed)
+    logged = tracking.run_params(params, row, meta, seed)
     seed_name = io.seed_name(seed)
     with mlflow.start_run(run_id=run_id):  # ends it FINISHED
         tracking.log_cell_inputs(logged, grid_id, splits, meta["dataset"])

@@ -40,9 +40,10 @@ def register_best(
     """
     client = MlflowClient()
     name = params.mlflow.registered_model
-    cell = headline["best_cell"]
+    champion = headline["champion"]  # chosen on validation: the test split chooses nothing
+    cell = champion["cell"]
     best = rows[rows["cell"] == cell]
-    runs = zip(best["seed"], best["best_val_accuracy"], best["diverged"], strict=True)
+    runs = zip(best["seed"], best["val_accuracy"], best["diverged"], strict=True)
     seed = served.in_use_seed({int(s): (val, bool(diverged)) for s, val, diverged in runs})
     if seed is None:  # unreachable for a best cell: its test accuracy is that of seeds that trained
         return f"report: registry: {cell}: every seed diverged; nothing registered"
@@ -71,13 +72,18 @@ def register_best(
             tracking.DATASET_TAG: meta["dataset"],
             "annlab.n_test": str(int(record["n_test"])),
             "annlab.test_accuracy": f"{float(record['test_accuracy']):.6f}",
-            "annlab.cell_test_accuracy": f"{headline['best_test_accuracy']:.6f}",
-            "annlab.cell_test_accuracy_low": _tag_number(headline.get("best_test_accuracy_low")),
-            "annlab.cell_test_accuracy_high": _tag_number(headline.get("best_test_accuracy_high")),
+            "annlab.cell_test_accuracy": _tag_number(champion["test_accuracy"]),
+            "annlab.cell_test_accuracy_low": _tag_number(champion["test_accuracy_low"]),
+            "annlab.cell_test_accuracy_high": _tag_number(champion["test_accuracy_high"]),
+            "annlab.cell_val_accuracy": _tag_number(champion["val_accuracy"]),
+            "annlab.cell_val_accuracy_low": _tag_number(champion["val_accuracy_low"]),
+            "annlab.cell_val_accuracy_high": _tag_number(champion["val_accuracy_high"]),
+            "annlab.learning_rate": str(float(record["learning_rate"])),
         }
+        about = f"{cell} seed {seed}: grid {params.grid_id()}'s best on validation, {meta['dataset']}"
         return client.create_model_version(
             name, f"models:/{logged[-1]}", run_id=source_run, tags=tags, model_id=logged[-1],
-            description=f"{cell} seed {seed}, the best cell of grid {params.grid_id()} on {meta['dataset']}",
+            description=about,
         )  # fmt: skip
 
     version, added, why = register(client, name, key, new_version)
@@ -121,8 +127,9 @@ def champion_policy(client: Any, name: str, new: Any) -> tuple[bool, str]:
 
     It does when there is none, when the champion learned from other data (it serves the data
     this grid is about: another file, or the same file changed), or when the new best cell's
-    mean test accuracy lies above the champion's 95 % interval (over seeds; with one seed, the
-    Wilson interval of its test accuracy). A best within that interval is no evidence of a
+    mean validation accuracy lies above the champion's 95 % interval over seeds (for a champion
+    registered before choices moved to validation: test accuracy, with one seed the Wilson
+    interval of its test accuracy). A best within that interval is no evidence of a
     better model, so the champion stays: models in use do not flip with seed noise.
     """
     try:
@@ -140,23 +147,32 @@ def champion_policy(client: Any, name: str, new: Any) -> tuple[bool, str]:
             + (f"{new_data[0]} as it was before it changed" if same_name else f"{old_data[0]}")
             + f", this grid is on {new_data[0]}"
         )
-    mean = float(new.tags["annlab.cell_test_accuracy"])
-    high_tag = current.tags.get("annlab.cell_test_accuracy_high")
+    # On validation, as the grid chose its best; versions registered before that carry only
+    # test accuracies, and are compared on those.
+    split = (
+        "val"
+        if new.tags.get("annlab.cell_val_accuracy") and current.tags.get("annlab.cell_val_accuracy")
+        else "test"
+    )
+    what = "validation" if split == "val" else "test"
+    mean = float(new.tags[f"annlab.cell_{split}_accuracy"])
+    high_tag = current.tags.get(f"annlab.cell_{split}_accuracy_high")
     if high_tag:
         high = float(high_tag)
-    elif current.tags.get("annlab.n_test"):  # one seed: its test set's own sampling error
+    elif split == "test" and current.tags.get("annlab.n_test"):  # one seed: its test set's sampling error
         n = int(current.tags["annlab.n_test"])
         high = conf.wilson(round(float(current.tags["annlab.test_accuracy"]) * n), n)[1]
     else:
-        high = float(current.tags["annlab.cell_test_accuracy"])
+        high = float(current.tags[f"annlab.cell_{split}_accuracy"])
     if mean > high:
         return (
             True,
-            f"now version {new.version}: its {mean:.4f} is above version {current.version}'s interval",
+            f"now version {new.version}: its {what} accuracy {mean:.4f} is above version"
+            f" {current.version}'s interval",
         )
     return False, (
-        f"stays version {current.version}: the new best's {mean:.4f} is within its interval (up to "
-        f"{high:.4f}), so nothing shows the new model is better"
+        f"stays version {current.version}: the new best's {what} accuracy {mean:.4f} is within its interval"
+        f" (up to {high:.4f}), so nothing shows the new model is better"
     )
 
 

@@ -46,7 +46,10 @@ CELL_TAG = "annlab.cell"
 STAGE_TAG = "annlab.stage"
 DATASET_TAG = "annlab.dataset"
 GRID_TAG = "annlab.grid"
-ROLE_TAG = "annlab.role"  # "grid" for a grid's parent run, "cell" for a cell's run
+# "grid" for a grid's parent run; a cell's runs: "final" (one per seed, what the report
+# compares) and "trial" (a learning rate tried on the tuning seed; the chosen one is final)
+ROLE_TAG = "annlab.role"
+CHOSEN_RATE_TAG = "annlab.chosen_learning_rate"  # on a final run: the learning rate it trained at
 DIVERGED_TAG = "annlab.diverged"  # "true" when the run's loss stopped being finite
 REUSED_TAG = "annlab.reused_from"  # the run that trained a cell DVC took from its cache
 SUPERSEDED_TAG = "annlab.superseded_by"  # on a run left unfinished by a lost server: its upload
@@ -75,15 +78,27 @@ def cell_params(params: Params, model: str, optimizer: str, activation: str, see
     """
     keys = [k for k in cell_keys(model, optimizer) if not k.startswith("grid.")]
     cell = params.for_cell(model, optimizer, activation)
-    return {
+    logged = {
         **flatten(cell.select([*keys, "data", *CELL_COORDINATES])),
         "model_type": model,
         "optimizer": optimizer,
         "activation": activation,
+        "learning_rate": float(getattr(cell.optimizers, optimizer).learning_rate),
         "dataset": params.data.label,
         "seed": seed,
         "split_seed": seed if params.data.split_per_seed else params.seed,
     }
+    if (tuning := params.tuning_for(optimizer)) is not None:  # how the cell chose its rate
+        logged |= {f"tuning.{k}": v for k, v in tuning._asdict().items()}
+    return logged
+
+
+def run_params(params: Params, row: Any, meta: dict[str, Any], seed: int) -> dict[str, Any]:
+    """`cell_params` of a trained run, at the learning rate its meta.json records (a tuned
+    cell's chosen one; without one, the optimizer's own)."""
+    if "learning_rate" in meta:
+        params = params.with_learning_rate(row["optimizer"], meta["learning_rate"])
+    return cell_params(params, row["model"], row["optimizer"], row["activation"], seed)
 
 
 def cell_key(cell: str, params: dict[str, Any], data_digest: str) -> str:
@@ -261,7 +276,10 @@ def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str], merge: 
             return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     keep, *extra = sorted(found, key=lambda r: (r.info.start_time, r.info.run_id))
     if merge:
-        for child in find_runs(exp_id, {GRID_TAG: grid_id, ROLE_TAG: "cell"}):
+        children = [
+            r for role in ("final", "trial") for r in find_runs(exp_id, {GRID_TAG: grid_id, ROLE_TAG: role})
+        ]
+        for child in children:
             if child.data.tags.get(PARENT_TAG) != keep.info.run_id:
                 # A rerun may have deleted the child since the search: nothing to move then.
                 with contextlib.suppress(mlflow.exceptions.MlflowException):
@@ -293,7 +311,7 @@ def start_cell_run(
         mlflow.start_run(
             experiment_id=exp_id,
             run_name=name,
-            tags={KEY_TAG: key, ROLE_TAG: "cell", PARENT_TAG: parent_id, **tags},
+            tags={KEY_TAG: key, ROLE_TAG: "final", PARENT_TAG: parent_id, **tags},
         )
 
     link.call(start)
@@ -306,6 +324,39 @@ def start_cell_run(
         link.call(mlflow.end_run, "FAILED")
         raise
     link.call(mlflow.end_run, "FINISHED")
+
+
+def role_tags(role: str, learning_rate: float) -> dict[str, str]:
+    """A cell's run's role ("final" or "trial") and, on a final run, the learning rate it trained at."""
+    tags = {ROLE_TAG: role}
+    if role == "final":
+        tags[CHOSEN_RATE_TAG] = repr(float(learning_rate))
+    return tags
+
+
+def active_run_id() -> str | None:
+    """The run being logged to, if any."""
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
+def promote_trial(
+    run_id: str, learning_rate: float, seed_dir: Path, history_csv: Path, split_dir: Path
+) -> None:
+    """Make the chosen trial its seed's final run: tag it so, and log its model (a trial logs
+    none). Its status and duration stay those of its training."""
+    client = MlflowClient()
+    before = client.get_run(run_id)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.set_tags(role_tags("final", learning_rate))
+            meta = io.read_json(seed_dir / "meta.json")
+            if not meta["diverged"]:
+                from annlab.serve import pyfunc
+
+                pyfunc.log_model(seed_dir, split_dir, pip_requirements())
+    finally:
+        client.set_terminated(run_id, before.info.status, end_time=before.info.end_time)
 
 
 def log_cell_inputs(

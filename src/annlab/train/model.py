@@ -4,6 +4,7 @@ params, and train it (imports Keras: train, evaluate and the benchmark only)."""
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,31 @@ class StopWhenAsked(keras.callbacks.Callback):
             self.model.stop_training = True
 
     on_train_batch_end = on_epoch_end = _stop_if_asked
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Keep the weights of the epoch `tuning.checkpoint` would pick ("best": the first epoch with
+    the best `select_on` among those with finite metrics) and put them back when training ends,
+    so the model saved, evaluated and served is that checkpoint (train.checkpoint: best)."""
+
+    def __init__(self, select_on: str) -> None:
+        super().__init__()
+        self.select_on = select_on
+        self.best: float | None = None
+        self.weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        values = [float(logs.get(k, math.nan)) for k in ("loss", "val_loss", "val_accuracy")]
+        if not all(math.isfinite(v) for v in values):
+            return
+        score = -values[1] if self.select_on == "val_loss" else values[2]
+        if self.best is None or score > self.best:
+            self.best, self.weights = score, self.model.get_weights()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
 
 
 def fit(
