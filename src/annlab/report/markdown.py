@@ -128,10 +128,14 @@ def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
     data, train = params.data, params.train
     seeds = params.seeds
     train_pct = round(100 * (1 - data.test_size - data.val_size))
-    hyper = "; ".join(
-        f"{name} " + ", ".join(f"{k} {v}" for k, v in getattr(params.optimizers, name).model_dump().items())
-        for name in params.grid.optimizer
-    )
+
+    def settings(name: str) -> str:
+        values = getattr(params.optimizers, name).model_dump()
+        if params.tuning_for(name):  # its rate is each cell's own: the Tuning section gives it
+            values["learning_rate"] = f"tuned (default {values['learning_rate']})"
+        return f"{name} " + ", ".join(f"{k} {v}" for k, v in values.items())
+
+    hyper = "; ".join(settings(name) for name in params.grid.optimizer)
     per_seed = data.split_per_seed and len(seeds) > 1
     seed_text = (
         f"one training seed ({seeds[0]})"
@@ -156,7 +160,8 @@ def header(params: Params, rows: pd.DataFrame, commit: str) -> str:
             + (f", stratified subset of {data.subset}" if data.subset else ""),
             f"- **{'Model' if len(params.grid.model) == 1 else 'Models'}**: {models_text(params)};"
             f" softmax output, loss {train.loss}",
-            f"- **Training**: {train.epochs} epochs, batch {train.batch_size}; {hyper}",
+            f"- **Training**: {train.epochs} epochs, batch {train.batch_size}; {hyper};"
+            f" evaluated at the {train.checkpoint} checkpoint",
             f"- **Seeds**: {seed_text}",
             f"- **Code**: git commit `{commit}`; grid id `{params.grid_id()}` (the MLflow parent run's"
             " `annlab.grid` tag)",
@@ -360,7 +365,7 @@ def tuning_note(params: Params) -> list[str]:
         + (f" ({', '.join(untuned)}: its own rate only)" if untuned else "")
         + ".",
         f"- Selection: the {'lowest' if first.select_on == 'val_loss' else 'highest'}"
-        f" {first.select_on.replace('_', ' ')} on seed {first.seed}, at each trial's"
+        f" {first.select_on.replace('val_', 'validation ')} on seed {first.seed}, at each trial's"
         f" {params.train.checkpoint} checkpoint (ties: the lower validation loss, then the smaller rate; a"
         " diverged trial last); the test split plays no part in any choice.",
         f"- Seeds: the chosen rate trained on every seed ({', '.join(map(str, params.seeds))}); seed"

@@ -164,7 +164,8 @@ def tuning_section(params: Params, trials: pd.DataFrame) -> list[str]:
     seed = next(params.tuning_for(o).seed for o in params.grid.optimizer if params.tuning_for(o))
     select = next(params.tuning_for(o).select_on for o in params.grid.optimizer if params.tuning_for(o))
     lines = [
-        f"Each cell's learning rate was chosen on {select.replace('_', ' ')} on seed {seed}, at the"
+        f"Each cell's learning rate was chosen on {select.replace('val_', 'validation ')} on seed {seed},"
+        " at the"
         f" {params.train.checkpoint} checkpoint; the test split played no part. Validation accuracy"
         " of the chosen rate and of the optimizer's default (same seed):",
         "",
