@@ -270,7 +270,7 @@ def test_speed_is_read_from_the_environment() -> None:
     assert Speed.from_env({}) == Speed()
     speed = Speed.from_env({STEPS_ENV: "16", INTRA_ENV: "0", INTER_ENV: "4", JIT_ENV: "true"})
     assert speed == Speed(steps_per_execution=16, intra_op_threads=0, inter_op_threads=4, jit_compile=True)
-    assert speed.tags()["annlab.train.speed.jit_compile"] == "true"
+    assert speed.tags()["annlab.speed.jit_compile"] == "true"
     assert Speed.from_env({LOOP_ENV: "0"}) == Speed(own_loop=False)
 
 

@@ -60,7 +60,7 @@ class Speed:
 
     def tags(self) -> dict[str, str]:
         """The settings as MLflow tags (not params: they do not change what is computed)."""
-        return {f"annlab.train.speed.{k}": str(v).lower() for k, v in vars(self).items()}
+        return {f"annlab.speed.{k}": str(v).lower() for k, v in vars(self).items()}
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
