@@ -38,7 +38,7 @@ def main(out: str) -> None:
     exp_id = next(e["experiment_id"] for e in experiments if e["name"] == "annlab")
     runs = api("runs/search", {"experiment_ids": [exp_id], "max_results": 1000})["runs"]
     cells = [
-        r["info"]["run_id"] for r in runs if {"key": "annlab.role", "value": "cell"} in r["data"]["tags"]
+        r["info"]["run_id"] for r in runs if {"key": "annlab.role", "value": "final"} in r["data"]["tags"]
     ]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])

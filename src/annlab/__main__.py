@@ -167,7 +167,12 @@ def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
             )
         if seed is None:
             metas = {s: io.read_json(d / "meta.json") for s, d in seeds.items()}
-            seed = served.in_use_seed({s: (m["best_val_accuracy"], m["diverged"]) for s, m in metas.items()})
+            # Each seed at its checkpoint, as the registry ranks them (older models: the best epoch).
+            chosen = {
+                s: (m.get("checkpoint_val_accuracy", m["best_val_accuracy"]), m["diverged"])
+                for s, m in metas.items()
+            }
+            seed = served.in_use_seed(chosen)
             if seed is None:
                 raise UserError(f"{cell}: every seed diverged; no model to use")
         if seed not in seeds:

@@ -359,16 +359,27 @@ class Params(_Section):
         rates = self.tuning.learning_rates.get(optimizer) if self.tuning else None  # type: ignore[call-overload]
         if not rates or self.tuning is None:
             return None
-        return Tuning(list(rates), self.tuning.select_on, self.tuning.seed or self.seeds[0])
+        seed = self.tuning.seed if self.tuning.seed is not None else self.seeds[0]
+        return Tuning(list(rates), self.tuning.select_on, seed)
+
+    @property
+    def select_on(self) -> str:
+        """The validation metric that picks learning rates and best checkpoints."""
+        return self.tuning.select_on if self.tuning else "val_accuracy"
 
     def resolved_tuning(self) -> dict[str, dict[str, Any] | None]:
         """Each optimizer's `tuning_for`, as the `validate` stage writes it for DVC: a cell's
         stage tracks its own optimizer's entry, so changing one list retrains only its cells,
         and adding seeds after the tuning seed leaves the entry as it was."""
-        resolved = {}
+        resolved: dict[str, dict[str, Any] | None] = {}
         for name in get_args(OptimizerName):
             tuning = self.tuning_for(name)
-            resolved[name] = tuning._asdict() if tuning else None
+            if tuning:
+                resolved[name] = tuning._asdict()
+            elif self.train.checkpoint == "best":  # an untuned cell's checkpoint is picked on it too
+                resolved[name] = {"learning_rates": None, "select_on": self.select_on, "seed": None}
+            else:
+                resolved[name] = None
         return resolved
 
     def with_learning_rate(self, optimizer: str, learning_rate: float) -> Params:

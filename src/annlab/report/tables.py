@@ -99,7 +99,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             **{k: group[k].iloc[0] for k in ("model", "optimizer", "activation", "n_params")},
             "seeds": len(group),
             "diverged": int(group["diverged"].astype(bool).sum()),
-            "diverged_epoch": group["diverged_epoch"].min(),
+            # the diverged seeds' (a run that diverged late but kept its best epoch is not one)
+            "diverged_epoch": group[group["diverged"].astype(bool)]["diverged_epoch"].min(),
         }
         for metric in SEED_METRICS:
             values = [None if pd.isna(v) else float(v) for v in converged[metric]]
@@ -399,11 +400,15 @@ def best_on_validation(rows: pd.DataFrame) -> str | None:
     """The cell whose mean validation accuracy over its seeds (each at its checkpoint) is the
     highest, the first in grid order on a tie: the one put in use. The test split plays no part,
     so its test accuracy stays an estimate no choice has touched."""
-    ok = rows[~rows["diverged"].astype(bool) & rows["val_accuracy"].notna()]
-    if ok.empty:
-        return None
-    means = ok.groupby("cell", sort=False)["val_accuracy"].mean()
-    return str(means.idxmax())
+    ranked = []
+    for order, (cell, group) in enumerate(rows.groupby("cell", sort=False)):
+        ok = group[~group["diverged"].astype(bool) & group["val_accuracy"].notna()]
+        if ok.empty:
+            continue
+        # as the leaderboard ranks: a cell none of whose seeds diverged before a lucky survivor
+        unstable = 1 - len(ok) / len(group)
+        ranked.append((unstable, -float(ok["val_accuracy"].mean()), order, str(cell)))
+    return min(ranked)[3] if ranked else None
 
 
 def champion_entry(rows: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any] | None:

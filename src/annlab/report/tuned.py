@@ -79,8 +79,15 @@ def edge_warnings(trials: pd.DataFrame) -> list[str]:
     out: list[str] = []
     for cell, group in trials.groupby("cell", sort=False):
         tried = [float(r) for r in group["learning_rate"]]
+        optimizer = str(group["optimizer"].iloc[0])
+        if group["diverged"].astype(bool).all():
+            out.append(
+                f"{cell}: every learning rate tried diverged ({', '.join(f'{r:g}' for r in tried)});"
+                f" add smaller values to tuning.learning_rates.{optimizer}"
+            )
+            continue
         chosen = float(group[group["chosen"]]["learning_rate"].iloc[0])
-        warning = tuning.edge_warning(str(cell), str(group["optimizer"].iloc[0]), chosen, tried)
+        warning = tuning.edge_warning(str(cell), optimizer, chosen, tried)
         if warning:
             out.append(warning)
     return out

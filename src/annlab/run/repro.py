@@ -124,6 +124,7 @@ def restore_from_run_cache(repo: Any, stage_name: str, pull: bool = False) -> bo
     stage's deps and params alone, whatever dvc.lock says: a teammate's pushed cell restores
     in a clone of any commit with the same code, data and params (docs/team.md).
     """
+    from dvc.exceptions import DvcException
     from dvc.stage.cache import RunCacheNotFoundError
 
     (stage,) = repo.stage.collect(stage_name)
@@ -135,6 +136,9 @@ def restore_from_run_cache(repo: Any, stage_name: str, pull: bool = False) -> bo
         try:
             repo.stage_cache.restore(stage, pull=pull)
         except RunCacheNotFoundError:
+            return False
+        except DvcException as exc:  # the remote failed mid-pull: the stage runs instead
+            print(f"warning: {stage_name}: could not restore it from the DVC remote ({exc}); running it")
             return False
         stage.save()
         stage.commit()

@@ -2,7 +2,7 @@
 
 With a tuning list for the cell's optimizer (`tuning.learning_rates`), each value is first
 trained on the tuning seed (the trials); the one with the best validation metric at its
-checkpoint is chosen (`annlab.train.tuning`), and every other seed trains at it. The tuning
+checkpoint is chosen (`annlab.tuning`), and every other seed trains at it. The tuning
 seed's run at the chosen rate is that seed's run. Without one, every seed trains once at
 `optimizers.<name>.learning_rate`."""
 
@@ -175,7 +175,7 @@ def train_seed(
     run_tags = {**run.tags, tracking.CELL_KEY_TAG: key, **tracking.role_tags(role, rate)}
     link, run_key = run.link, tracking.run_key(key, grid_id)
     with tracking.start_cell_run(link, run.exp_id, run_key, name, run.parent_id, run_tags):
-        run_id = link.call(lambda: tracking.active_run_id())
+        run_id = link.call(tracking.active_run_id)
         splits = {"training": (x_train, y_train), "validation": (x_val, y_val)}
         link.call(tracking.log_cell_inputs, logged_params, grid_id, splits, run.info["dataset"])
         # A table's width is its split's own (one-hot over the categories its training rows hold).
@@ -186,9 +186,7 @@ def train_seed(
         logger = EpochLogger(link)
         callbacks = [logger]
         if params.train.checkpoint == "best":
-            callbacks.append(
-                annmodel.KeepBest(run.base.tuning.select_on if run.base.tuning else "val_accuracy")
-            )
+            callbacks.append(annmodel.KeepBest(run.base.select_on))
         try:
             fitted = annmodel.fit(
                 model,
@@ -205,7 +203,7 @@ def train_seed(
             raise
         seconds = time.perf_counter() - started
         history = {c: fitted[c] for c in HISTORY_COLUMNS[1:]}
-        chosen = tune.checkpoint(history, params.train.checkpoint, select_on(run.base))
+        chosen = tune.checkpoint(history, params.train.checkpoint, run.base.select_on)
         saved = SavedRun(seed, rate, key, history, seconds, chosen)
         diverged_at = write_seed(run, saved, seed_dir, history_path, split, model)
         # What the run holds is what was just written: `annlab sync` logs the same from the files.
@@ -214,15 +212,10 @@ def train_seed(
     if not chosen.usable:
         line = f"train: {what}: diverged at epoch {diverged_at} (loss no longer finite); stopped"
         return SeedResult(line, None, seconds, model, chosen, run_id)
-    final = history["val_accuracy"][-1]
+    final = chosen.val_accuracy  # the weights kept: the best epoch's, or the last one's
     at = f" (checkpoint: epoch {chosen.epoch})" if params.train.checkpoint == "best" else ""
     line = f"train: {what}: val_accuracy={final:.4f}{at} in {seconds:.1f}s"
     return SeedResult(line, final, seconds, model, chosen, run_id)
-
-
-def select_on(params: Params) -> str:
-    """The validation metric that picks learning rates and best checkpoints."""
-    return params.tuning.select_on if params.tuning else "val_accuracy"
 
 
 @dataclass(frozen=True)
@@ -272,15 +265,15 @@ def write_seed(
         "best_val_accuracy": best_val,
         "best_epoch": best_at,
     }
-    if run.params.train.checkpoint == "best" or run.tuning is not None:
-        meta |= {
-            "learning_rate": saved.learning_rate,
-            "tuned": run.tuning is not None,
-            "checkpoint": run.params.train.checkpoint,
-            "checkpoint_epoch": saved.checkpoint.epoch,
-            "checkpoint_val_accuracy": saved.checkpoint.val_accuracy,
-            "checkpoint_val_loss": saved.checkpoint.val_loss,
-        }
+    # Where every choice is made: the rate trained at, and the checkpoint's validation metrics.
+    meta |= {
+        "learning_rate": saved.learning_rate,
+        "tuned": run.tuning is not None,
+        "checkpoint": run.params.train.checkpoint,
+        "checkpoint_epoch": saved.checkpoint.epoch,
+        "checkpoint_val_accuracy": saved.checkpoint.val_accuracy,
+        "checkpoint_val_loss": saved.checkpoint.val_loss,
+    }
     io.write_json(seed_dir / "meta.json", meta)
     io.write_text(seed_dir / "model_summary.txt", summary_text(model))
     # Timings are not reproducible, so they stay out of the files DVC compares.
@@ -335,6 +328,8 @@ def tune_cell(run: CellRun, model_dir: Path, history_dir: Path, tuning_dir: Path
     }
     io.write_text(tuning_dir / "choice.json", json.dumps(choice, indent=2) + "\n")
     print(f"train: {run.cell}: chose lr={chosen.learning_rate:g} on {run.tuning.select_on}", flush=True)
+    if not chosen.checkpoint.usable:
+        print(f"train: {run.cell}: every learning rate tried diverged; add smaller values", flush=True)
     best = trials[at]
     if best.run_id is not None:  # the chosen trial is the tuning seed's run
         seed_dir = model_dir / seed_name
@@ -346,7 +341,8 @@ def tune_cell(run: CellRun, model_dir: Path, history_dir: Path, tuning_dir: Path
             seed_dir,
             history_dir / f"{seed_name}.csv",
             split,
-        )  # from the saved folder: the trials after it trained on the same Keras model
+            tracking.cell_run_name(run.cell, run.tuning.seed, seeds),
+        )  # the model from the saved folder: the trials after it trained the same Keras model
     results = [best]
     for n, seed in enumerate([s for s in seeds if s != run.tuning.seed], start=2):
         print(f"train: {run.cell} seed {seed} ({n}/{len(seeds)}) at lr={chosen.learning_rate:g}", flush=True)

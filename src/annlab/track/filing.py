@@ -86,6 +86,12 @@ def log_to_mlflow(params: Params, rows: pd.DataFrame, headline: dict[str, Any], 
         finished = [r for r in runs if r.info.status == "FINISHED"]
         if finished:
             run_id, since = finished[0].info.run_id, finished[0].info.start_time
+            if finished[0].data.tags.get(tracking.ROLE_TAG) == "trial":  # chosen, but MLflow was lost then
+                seed_dir = out.models_dir / cell / io.seed_name(seed)
+                history = out.history_dir / cell / f"{io.seed_name(seed)}.csv"
+                name = tracking.cell_run_name(cell, seed, params.seeds)
+                split = io.split_dir(out.data_dir, seed)
+                tracking.promote_trial(run_id, float(row["learning_rate"]), seed_dir, history, split, name)
         else:
             run_id, since = rebuild_run(params, row, meta, out, exp_id, parent_id), None
         supersede_stale(client, runs, run_id, since)
@@ -177,12 +183,14 @@ def rebuild_run(
     trained = [
         r
         for r in tracking.find_runs(exp_id, {tracking.CELL_KEY_TAG: meta["cell_key"]})
-        if tracking.REUSED_TAG not in r.data.tags and r.info.status == "FINISHED"
+        if tracking.REUSED_TAG not in r.data.tags
+        and r.info.status == "FINISHED"
+        and r.data.tags.get(tracking.ROLE_TAG) != "trial"  # a trial holds no model
     ]
     tags = {
         tracking.KEY_TAG: tracking.run_key(meta["cell_key"], grid_id),
         tracking.CELL_KEY_TAG: meta["cell_key"],
-        tracking.ROLE_TAG: "final",
+        **tracking.role_tags("final", float(row["learning_rate"])),
         tracking.PARENT_TAG: parent_id,
         tracking.CELL_TAG: cell,
         tracking.GRID_TAG: grid_id,

@@ -45,7 +45,7 @@ def register_best(
     best = rows[rows["cell"] == cell]
     runs = zip(best["seed"], best["val_accuracy"], best["diverged"], strict=True)
     seed = served.in_use_seed({int(s): (val, bool(diverged)) for s, val, diverged in runs})
-    if seed is None:  # unreachable for a best cell: its test accuracy is that of seeds that trained
+    if seed is None:  # unreachable: the champion cell has a validation accuracy, so a seed that trained
         return f"report: registry: {cell}: every seed diverged; nothing registered"
     meta = metas[cell, seed]
     key = tracking.run_key(meta["cell_key"], params.grid_id())

@@ -90,6 +90,8 @@ def cell_params(params: Params, model: str, optimizer: str, activation: str, see
     }
     if (tuning := params.tuning_for(optimizer)) is not None:  # how the cell chose its rate
         logged |= {f"tuning.{k}": v for k, v in tuning._asdict().items()}
+    elif params.train.checkpoint == "best":  # how its runs chose their checkpoint
+        logged["tuning.select_on"] = params.select_on
     return logged
 
 
@@ -276,9 +278,9 @@ def grid_run(exp_id: str, grid_id: str, name: str, tags: dict[str, str], merge: 
             return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     keep, *extra = sorted(found, key=lambda r: (r.info.start_time, r.info.run_id))
     if merge:
-        children = [
-            r for role in ("final", "trial") for r in find_runs(exp_id, {GRID_TAG: grid_id, ROLE_TAG: role})
-        ]
+        # ("cell": the role of a cell's runs before trials and final runs were told apart)
+        roles = ("final", "trial", "cell")
+        children = [r for role in roles for r in find_runs(exp_id, {GRID_TAG: grid_id, ROLE_TAG: role})]
         for child in children:
             if child.data.tags.get(PARENT_TAG) != keep.info.run_id:
                 # A rerun may have deleted the child since the search: nothing to move then.
@@ -341,15 +343,17 @@ def active_run_id() -> str | None:
 
 
 def promote_trial(
-    run_id: str, learning_rate: float, seed_dir: Path, history_csv: Path, split_dir: Path
+    run_id: str, learning_rate: float, seed_dir: Path, history_csv: Path, split_dir: Path, name: str
 ) -> None:
-    """Make the chosen trial its seed's final run: tag it so, and log its model (a trial logs
-    none). Its status and duration stay those of its training."""
+    """Make the chosen trial its seed's final run: tag it so, name it as the seed's run, and log
+    the seed's history and its model (a trial logs none). Its status and duration stay those of
+    its training."""
     client = MlflowClient()
     before = client.get_run(run_id)
     try:
         with mlflow.start_run(run_id=run_id):
-            mlflow.set_tags(role_tags("final", learning_rate))
+            mlflow.set_tags({**role_tags("final", learning_rate), "mlflow.runName": name})
+            mlflow.log_artifact(str(history_csv), artifact_path="history")
             meta = io.read_json(seed_dir / "meta.json")
             if not meta["diverged"]:
                 from annlab.serve import pyfunc

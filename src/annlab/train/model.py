@@ -188,7 +188,7 @@ def fit(
     Under `runtime.run` (every stage), SIGINT and SIGTERM end it after the current step (an epoch,
     by default) and that epoch's validation, and are raised then.
 
-    With `speed.own_loop` (on by default), annlab's loop (annlab/loop.py) trains a model it
+    With `speed.own_loop` (on by default), annlab's loop (annlab/train/loop.py) trains a model it
     supports, bit for bit as Keras' `fit` would, in less time; Keras' `fit` trains the rest,
     and every model when `speed` is None.
     """

@@ -29,7 +29,7 @@ class Speed:
     intra_op_threads: threads inside one op (0: TensorFlow's default, all cores). One is fastest
         for small matmuls and leaves the other core to a second grid cell.
     inter_op_threads: ops run side by side (0: TensorFlow's default).
-    own_loop: annlab's training loop (annlab/loop.py), Keras' `fit` in fewer ops per step, for
+    own_loop: annlab's training loop (annlab/train/loop.py), Keras' `fit` in fewer ops per step, for
         the optimizers and settings it supports; Keras' `fit` otherwise, or when off.
     jit_compile: XLA. About 1.3x faster here, but it fuses ops and so rounds differently:
         metrics change in the last bits, which is why it is not a default.
