@@ -178,3 +178,40 @@ def test_the_model_in_use_is_the_best_on_validation_not_on_test() -> None:
     assert headline["champion"]["cell"] == "ann-sgd-relu"  # the choice is made on validation
     assert headline["champion"]["val_accuracy"] == pytest.approx(0.972)
     assert headline["champion"]["test_accuracy"] == pytest.approx(0.902)
+
+
+def test_tuning_seed_zero_is_kept_and_an_untuned_cells_checkpoint_tracks_select_on() -> None:
+    params = Params.model_validate(
+        {
+            "grid": {"seeds": [1, 0]},
+            "tuning": {"learning_rates": {"sgd": [0.1, 0.3]}, "select_on": "val_loss", "seed": 0},
+            "train": {"checkpoint": "best"},
+        }
+    )
+    assert params.tuning_for("sgd").seed == 0  # type: ignore[union-attr]
+    resolved = params.resolved_tuning()
+    assert resolved["adam"] == {"learning_rates": None, "select_on": "val_loss", "seed": None}
+    last = params.model_copy(update={"train": params.train.model_copy(update={"checkpoint": "last"})})
+    assert last.resolved_tuning()["adam"] is None  # one run at the final epoch: nothing to pick
+
+
+def test_every_trial_diverged_gets_its_own_warning() -> None:
+    gone = {"ann-sgd-relu": {0.3: csv_history([NAN]), 1.0: csv_history([NAN])}}
+    params = Params.model_validate(
+        {
+            "grid": {"optimizer": ["sgd"], "activation": ["relu"]},
+            "tuning": {"learning_rates": {"sgd": [0.3, 1.0]}},
+        }
+    )
+    trials = tuned.trials_frame(params, gone)
+    assert tuned.edge_warnings(trials) == [
+        "ann-sgd-relu: every learning rate tried diverged (0.3, 1); add smaller values to"
+        " tuning.learning_rates.sgd"
+    ]
+
+
+def test_a_lucky_survivor_is_not_the_model_in_use() -> None:
+    rows = rows_where_test_and_validation_disagree()
+    lucky = rows["cell"] == "ann-sgd-relu"
+    rows.loc[lucky & (rows["seed"] > 1), "diverged"] = True  # its one survivor is still the best
+    assert tables.best_on_validation(rows) == "ann-adam-relu"
