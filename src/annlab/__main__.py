@@ -186,8 +186,12 @@ COMMANDS = {"sync": sync, "predict": predict}
 
 def main() -> None:
     """`annlab <command> [options]`."""
+    usage = f"usage: annlab {{{','.join(COMMANDS)}}} [options]\n\n{__doc__}"
+    if len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help"):  # asked for: not an error
+        print(usage)
+        sys.exit(0)
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        print(f"usage: annlab {{{','.join(COMMANDS)}}} [options]\n\n{__doc__}", file=sys.stderr)
+        print(usage, file=sys.stderr)
         sys.exit(2)
     runtime.run(COMMANDS[sys.argv[1]], sys.argv[2:])
 

@@ -45,3 +45,19 @@ def test_a_model_logged_before_the_move_finds_its_pyfunc(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "loaded" in done.stdout
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_annlab_help_is_not_an_error(flag: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "annlab", flag], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: annlab {")
+
+
+def test_an_unknown_command_is_one() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "annlab", "fly"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and done.stderr.startswith("usage: annlab {")

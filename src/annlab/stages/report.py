@@ -199,13 +199,13 @@ def write_report(
     )
     figures.save(
         charts.curves_figure(
-            histories, params, "activation", f"Validation curves per optimizer ({data_name})"
+            histories, params, "activation", f"Validation curves, one panel per activation ({data_name})"
         ),
         args.curves_by_activation,
     )
     figures.save(
         charts.curves_figure(
-            histories, params, "optimizer", f"Validation curves per activation ({data_name})"
+            histories, params, "optimizer", f"Validation curves, one panel per optimizer ({data_name})"
         ),
         args.curves_by_optimizer,
     )
