@@ -67,13 +67,18 @@ def default_sigint() -> None:
 
 
 def small_repo(repo: Path, edit: Callable[[dict[str, Any]], None]) -> str:
-    """A git + DVC copy of the project in `repo` with params.yaml changed by `edit`; its commit."""
+    """A git + DVC copy of the project in `repo` with params.yaml untuned and then changed by
+    `edit`; its commit."""
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, repo / name)
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     # data.path's default, a dependency of validate and fetch
     shutil.copytree(REPO / "data/own", repo / "data/own", dirs_exist_ok=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    # One run per seed at each optimizer's own rate, as before tuning: the end-to-end tests of
+    # executors, faults, teams and sweeps test those; a test of tuning turns it on in `edit`.
+    params["tuning"] = None
+    params["train"]["checkpoint"] = "last"
     edit(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=annlab-test", "-c", "user.email=test@annlab.invalid"]

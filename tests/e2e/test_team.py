@@ -19,19 +19,27 @@ pytestmark = pytest.mark.slow
 SUMMARY = re.compile(r"^trained (\d+), restored (\d+) from cache, failed (\d+)", re.MULTILINE)
 GIT = ["git", "-c", "user.name=annlab-test", "-c", "user.email=test@annlab.invalid"]
 # What a teammate's clone must reproduce exactly: the tables, the per-seed evaluations and
-# the cells' histories (models differ only in Keras' dated zip and wall-clock timings).
+# the cells' histories and learning-rate trials (models differ only in Keras' dated zip and
+# wall-clock timings).
 SAME = (
     "reports/comparison.csv",
     "reports/summary.json",
     "reports/eval",
     "reports/metrics",
     "reports/history",
+    "reports/tuning",
 )
 
 
 def _edit(params: dict) -> None:
     params["data"]["subset"] = 300
     params["train"]["epochs"] = 2
+    # tuned, so that a restored cell brings its trials too
+    params["tuning"] = {
+        "learning_rates": {"sgd": [0.01, 0.1], "adam": None},
+        "select_on": "val_accuracy",
+        "seed": None,
+    }
     params["grid"] = {"model": ["ann"], "optimizer": ["sgd", "adam"], "activation": ["relu", "tanh"]}
     params["grid"]["seeds"] = [1, 2]
 
