@@ -654,7 +654,7 @@ def test_a_ray_task_logs_to_the_drivers_store_only_when_it_reaches_it(
     assert near.files.keys() == away.files.keys()
     client = MlflowClient(here.uri)
     (run,) = client.search_runs(
-        [client.get_experiment_by_name("annlab").experiment_id], "tags.`annlab.role` = 'cell'"
+        [client.get_experiment_by_name("annlab").experiment_id], "tags.`annlab.role` = 'final'"
     )
     assert run.info.status == "FINISHED" and run.info.run_name == "ann-sgd-relu"
     assert run.data.tags["mlflow.source.git.commit"] == "feedc0de"

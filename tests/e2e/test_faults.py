@@ -71,7 +71,7 @@ def test_an_interrupted_cell_writes_nothing_and_its_run_is_killed(
     assert not (tmp_path / "history").exists() or list((tmp_path / "history").iterdir()) == []
     client = MlflowClient(mlflow_store)
     (exp,) = [e for e in client.search_experiments() if e.name == "annlab"]
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`annlab.role` = 'cell'")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`annlab.role` = 'final'")
     assert [r.info.status for r in runs] == ["KILLED"]
     # Its curves up to the interruption: epochs 1 and 2 at least had ended.
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2

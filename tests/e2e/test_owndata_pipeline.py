@@ -22,12 +22,14 @@ WINES = {"class_0": "Barolo, Piedmont", "class_1": "Grignolino", "class_2": "Bar
 
 
 def _snapshot(repo: Path) -> dict[str, bytes]:
-    """Every pipeline output (the user's own data and the validation stamp aside)."""
+    """Every pipeline output (the user's own data and the validate stage's outputs aside)."""
     return {
         str(p.relative_to(repo)): p.read_bytes()
         for top in ("data", "models", "reports")
         for p in sorted((repo / top).rglob("*"))
-        if p.is_file() and p.name != "params.ok" and "own" not in p.relative_to(repo).parts
+        if p.is_file()
+        and p.name not in ("params.ok", "tuning.yaml")
+        and "own" not in p.relative_to(repo).parts
     }
 
 

@@ -38,12 +38,13 @@ def _ran(proc: subprocess.CompletedProcess[str]) -> set[str]:
 
 
 def _snapshot(repo: Path) -> dict[str, bytes]:
-    """Every pipeline output, except the validation stamp (cleared when params go bad)."""
+    """Every pipeline output, except the validate stage's: its stamp and the resolved tuning
+    (cleared when params go bad)."""
     return {
         str(p.relative_to(repo)): p.read_bytes()
         for top in ("data", "models", "reports")
         for p in sorted((repo / top).rglob("*"))
-        if p.is_file() and p.name != "params.ok"
+        if p.is_file() and p.name not in ("params.ok", "tuning.yaml")
     }
 
 
@@ -280,7 +281,7 @@ def test_bad_params_stop_before_any_output_changes(pipeline: dict) -> None:
     # Back to good params: the stamp returns (DVC may restore it from its run cache) and
     # nothing else reruns.
     assert _ran(_dvc(repo, "repro")) <= {"validate"}
-    assert (repo / "data/params.ok").exists()
+    assert (repo / "data/params.ok").exists() and (repo / "data/tuning.yaml").exists()
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
 
 

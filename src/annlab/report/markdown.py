@@ -108,7 +108,7 @@ def champion_text(champion: dict[str, Any]) -> str:
     an estimate that no choice has touched."""
 
     def value(metric: str) -> str:
-        low, high = champion[f"{metric}_low"], champion[f"{metric}_high"]
+        low, high = champion.get(f"{metric}_low"), champion.get(f"{metric}_high")
         interval = f" [{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
         return f"{champion[metric]:.4f}{interval}"
 
@@ -118,7 +118,7 @@ def champion_text(champion: dict[str, Any]) -> str:
         f" highest mean validation accuracy over its seeds, {val}. The test split played no part in"
         " that choice"
     )
-    if champion["test_accuracy"] is None:
+    if champion.get("test_accuracy") is None:
         return text + "."
     return f"{text}, so its test accuracy, {value('test_accuracy')}, is an estimate no choice has touched."
 

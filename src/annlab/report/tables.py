@@ -420,7 +420,7 @@ def champion_entry(rows: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any] 
     values = rows[(rows["cell"] == cell) & ~rows["diverged"].astype(bool)]["val_accuracy"]
     val = conf.t_interval([float(v) for v in values], bounds=conf.PROPORTION)
     record = summary.set_index("cell").loc[cell]
-    return {
+    entry = {
         "cell": cell,
         "val_accuracy": val.mean,
         "val_accuracy_low": val.low if val.n > 1 else None,
@@ -429,6 +429,8 @@ def champion_entry(rows: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any] 
         "test_accuracy_low": _or_none(record["test_accuracy_low"]),
         "test_accuracy_high": _or_none(record["test_accuracy_high"]),
     }
+    # Only the numbers it has: `dvc metrics` shows numbers, and a null is none.
+    return {k: v for k, v in entry.items() if v is not None}
 
 
 def summary_metrics(rows: pd.DataFrame) -> dict[str, Any]:

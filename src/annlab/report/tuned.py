@@ -204,5 +204,7 @@ def tuning_section(params: Params, trials: pd.DataFrame) -> list[str]:
 
 
 def summary_entries(trials: pd.DataFrame) -> dict[str, Any]:
-    """What summary.json says of tuning."""
+    """What summary.json says of tuning (nothing of a grid without it)."""
+    if trials.empty:
+        return {}
     return {"chosen_learning_rates": chosen_rates(trials), "edge_warnings": edge_warnings(trials)}

@@ -72,12 +72,12 @@ def register_best(
             tracking.DATASET_TAG: meta["dataset"],
             "annlab.n_test": str(int(record["n_test"])),
             "annlab.test_accuracy": f"{float(record['test_accuracy']):.6f}",
-            "annlab.cell_test_accuracy": _tag_number(champion["test_accuracy"]),
-            "annlab.cell_test_accuracy_low": _tag_number(champion["test_accuracy_low"]),
-            "annlab.cell_test_accuracy_high": _tag_number(champion["test_accuracy_high"]),
-            "annlab.cell_val_accuracy": _tag_number(champion["val_accuracy"]),
-            "annlab.cell_val_accuracy_low": _tag_number(champion["val_accuracy_low"]),
-            "annlab.cell_val_accuracy_high": _tag_number(champion["val_accuracy_high"]),
+            "annlab.cell_test_accuracy": _tag_number(champion.get("test_accuracy")),
+            "annlab.cell_test_accuracy_low": _tag_number(champion.get("test_accuracy_low")),
+            "annlab.cell_test_accuracy_high": _tag_number(champion.get("test_accuracy_high")),
+            "annlab.cell_val_accuracy": _tag_number(champion.get("val_accuracy")),
+            "annlab.cell_val_accuracy_low": _tag_number(champion.get("val_accuracy_low")),
+            "annlab.cell_val_accuracy_high": _tag_number(champion.get("val_accuracy_high")),
             "annlab.learning_rate": str(float(record["learning_rate"])),
         }
         about = f"{cell} seed {seed}: grid {params.grid_id()}'s best on validation, {meta['dataset']}"
