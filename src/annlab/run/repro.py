@@ -27,6 +27,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from annlab.run.cache import (
+    commit_cell,
+    default_remote,
+    prune_lock,
+    pull_run_cache,
+    read_yaml,
+    restore_from_run_cache,
+)
+
 if TYPE_CHECKING:
     from annlab.run.cell import Job, Outcome
 
@@ -42,45 +51,6 @@ def lanes(stages: list[str], jobs: int) -> list[list[str]]:
     return [lane for lane in (stages[i::jobs] for i in range(jobs)) if lane]
 
 
-def prune_lock(repo_dir: str | Path = ".", repo: Any = None, index: Any = None) -> list[str]:
-    """Drop from dvc.lock the stages that dvc.yaml no longer defines; their names. `index`: the
-    repository's DVC index if the caller has it (building it again costs a tenth of a second).
-
-    DVC keeps a stage's entry after the stage leaves dvc.yaml (a grid cell when the grid
-    shrinks, every cell of an architecture tried once) and parses them all on every
-    `dvc repro`, `dvc status` and `dvc exp run`: 54 such entries made a no-op `dvc repro` do a
-    third more work. They describe no output in the workspace; should the stage come back, DVC
-    restores its outputs from its run cache without running it, as it would have with the entry.
-    """
-    from dvc.repo import Repo
-    from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
-
-    from annlab.io import write_text
-
-    with contextlib.ExitStack() as opened:
-        if repo is None:
-            repo = opened.enter_context(Repo(str(repo_dir)))
-        root = Path(repo.root_dir)
-        path = root / "dvc.lock"
-        if not path.exists():
-            return []
-        stages = (index or repo.index).stages
-        live = {stage.name for stage in stages if Path(stage.dvcfile.path) == root / "dvc.yaml"}
-        # A fast read first: the round trip that keeps DVC's layout is for when there is work.
-        names = (_read_yaml(path) or {}).get("stages", {})
-        if all(name in live for name in names):
-            return []
-        with repo.lock:
-            lock = parse_yaml_for_update(path.read_text(encoding="utf-8"), str(path))
-            entries = lock.get("stages", {})
-            stale = [name for name in entries if name not in live]
-            for name in stale:
-                del entries[name]
-            if stale:
-                write_text(path, dumps_yaml(lock))  # DVC's own round trip: the rest stays as it was
-    return stale
-
-
 def stale_cells(repo: Any) -> list[Job]:
     """The grid's cells whose DVC stage is not up to date, in dvc.yaml's order."""
     from annlab.run.cell import cell_from_command
@@ -91,64 +61,6 @@ def stale_cells(repo: Any) -> list[Job]:
         for stage in repo.stage.collect(GRID_STAGE)
         if stage.addressing in changed
     ]
-
-
-def default_remote(repo: Any) -> str | None:
-    """The DVC remote that `dvc push` and `dvc pull` use when none is named, if one is set."""
-    return repo.config["core"].get("remote")
-
-
-def pull_run_cache(repo: Any) -> bool:
-    """Fetch the run cache's entries from the default DVC remote, as `dvc repro --pull` does;
-    whether there is a remote to pull the cells' outputs from. An unreachable remote is said
-    in one line and the cells train, as with no remote."""
-    from dvc.exceptions import DvcException
-
-    if not (remote := default_remote(repo)):
-        return False
-    try:
-        repo.stage_cache.pull(None)
-    except DvcException as exc:
-        print(f"warning: DVC remote {remote!r}: could not pull its run cache ({exc}); going on", flush=True)
-        return False
-    return True
-
-
-def restore_from_run_cache(repo: Any, stage_name: str, pull: bool = False) -> bool:
-    """Check a stage's outputs out of DVC's run cache and record it, as `dvc repro` would; False
-    when the run cache has no run of the stage with these deps and params, or (`pull`: fetching
-    what it lacks from the default remote first, as `dvc repro --pull` does) when the cache and
-    the remote lack some of that run's outputs.
-
-    As `dvc repro` does, the stale outputs are removed first. The entry is found by the
-    stage's deps and params alone, whatever dvc.lock says: a teammate's pushed cell restores
-    in a clone of any commit with the same code, data and params (docs/team.md).
-    """
-    from dvc.exceptions import DvcException
-    from dvc.stage.cache import RunCacheNotFoundError
-
-    (stage,) = repo.stage.collect(stage_name)
-    with repo.lock:
-        # As `Stage.run` does, and no more: `restore` records the deps itself once it knows they
-        # changed. Recording them first would make it take dvc.lock's outputs as this run's, and
-        # "restore" the stale cell it is asked to replace.
-        stage.remove_outs(ignore_remove=False, force=False)
-        try:
-            repo.stage_cache.restore(stage, pull=pull)
-        except RunCacheNotFoundError:
-            return False
-        except DvcException as exc:  # the remote failed mid-pull: the stage runs instead
-            print(f"warning: {stage_name}: could not restore it from the DVC remote ({exc}); running it")
-            return False
-        stage.save()
-        stage.commit()
-        stage.dump(update_pipeline=False)
-    return True
-
-
-def commit_cell(repo: Any, stage_name: str) -> None:
-    """Record a cell trained outside DVC as `dvc commit` does: dvc.lock, the cache, the run cache."""
-    repo.commit(stage_name, force=True)
 
 
 class StopRequests:
@@ -472,17 +384,9 @@ def early_workers(kind: str, jobs: int, stale: dict[str, Any]) -> Any:
 def around_grid() -> tuple[list[str], list[str]]:
     """The stages dvc.yaml lists before the grid's, and after it (annlab's lists them in the
     order they run)."""
-    order = list(_read_yaml(Path("dvc.yaml"))["stages"])
+    order = list(read_yaml(Path("dvc.yaml"))["stages"])
     at = order.index(GRID_STAGE)
     return order[:at], order[at + 1 :]
-
-
-def _read_yaml(path: Path) -> Any:
-    """A YAML file as plain data, with PyYAML's C loader (dvc.lock is tens of KB, read on every
-    `make repro`)."""
-    import yaml
-
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)
 
 
 def has_grid(dvc_yaml: Path) -> bool:
@@ -490,7 +394,7 @@ def has_grid(dvc_yaml: Path) -> bool:
     import yaml
 
     try:
-        stages = _read_yaml(dvc_yaml).get("stages", {})
+        stages = read_yaml(dvc_yaml).get("stages", {})
     except (OSError, AttributeError, yaml.YAMLError):
         return False
     return GRID_STAGE in stages and UPSTREAM in stages
