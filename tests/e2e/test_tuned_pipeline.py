@@ -115,3 +115,46 @@ def test_a_changed_list_retrains_only_its_optimizers_cells(tuned: dict) -> None:
         assert (repo / f"reports/tuning/{cell}/choice.json").read_bytes() == trials_before[cell]
     status = json.loads(dvc(repo, "status", "--json", store=_store(repo)).stdout)
     assert status == {}
+
+
+def test_adding_a_seed_trains_no_more_trials(tuned: dict) -> None:
+    repo = tuned["repo"]
+    store = _store(repo)
+
+    def files(folder: str) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in (repo / folder).iterdir()}
+
+    tuning_before = {c: files(f"reports/tuning/{c}") for c in CELLS}
+    history_before = {c: files(f"reports/history/{c}") for c in CELLS}
+    model_before = {c: files(f"models/{c}/seed-1") for c in CELLS}
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("annlab")
+    trials_logged = len(client.search_runs([exp.experiment_id], "tags.`annlab.role` = 'trial'"))
+    _set(repo, lambda p: p["grid"].update({"seeds": [*SEEDS, 3]}))
+    proc = repro(repo, 2, store)
+    assert _trained(proc) == len(CELLS)
+    # No trial trained again: each would be a new MLflow run.
+    assert len(client.search_runs([exp.experiment_id], "tags.`annlab.role` = 'trial'")) == trials_logged
+    for cell in CELLS:
+        assert files(f"reports/tuning/{cell}") == tuning_before[cell]
+        # The seeds trained before keep their bits; only seed 3 is new.
+        history = files(f"reports/history/{cell}")
+        assert {k: history[k] for k in history_before[cell]} == history_before[cell]
+        assert set(history) == {"seed-1.csv", "seed-2.csv", "seed-3.csv"}
+        after = files(f"models/{cell}/seed-1")
+        assert after.keys() == model_before[cell].keys()
+        # model.keras zips its write time, so the weights are compared through the history above.
+        for name in ("preprocessing.json", "model_summary.txt", "timing.json"):
+            assert after[name] == model_before[cell][name]
+        meta = json.loads(after["meta.json"])
+        assert meta["data_digest"] != json.loads(model_before[cell]["meta.json"])["data_digest"]
+    # The report stage checked each run's keys against this grid's data (track/filing.py), and
+    # MLflow's new grid holds every final run, the reused ones logged once, and no trial.
+    grid = client.search_runs(
+        [exp.experiment_id], "tags.`annlab.role` = 'grid'", order_by=["start_time DESC"]
+    )[0]
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{grid.info.run_id}'")
+    roles = [r.data.tags.get("annlab.role") for r in children]
+    assert roles.count("final") == len(CELLS) * 3 and "trial" not in roles
+    status = json.loads(dvc(repo, "status", "--json", store=store).stdout)
+    assert status == {}

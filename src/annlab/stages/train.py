@@ -79,6 +79,7 @@ class CellRun:
     parent_id: str
     tags: dict[str, str]
     tuning: Tuning | None  # None: one-shot at the optimizer's own learning rate
+    outs: dict[str, Path]  # where dvc.yaml puts the cell's outputs: "models", "history", "tuning"
 
     @property
     def cell(self) -> str:
@@ -137,6 +138,7 @@ def open_cell(args: argparse.Namespace, base: Params, speed: Speed) -> CellRun:
     return CellRun(
         base, params, args.model, args.optimizer, args.activation, args.data, info, digest, speed,
         link, exp_id, parent_id, tags, base.tuning_for(args.optimizer),
+        {"models": args.model_dir, "history": args.history, "tuning": args.tuning},
     )  # fmt: skip
 
 
@@ -292,9 +294,17 @@ def tune_cell(run: CellRun, model_dir: Path, history_dir: Path, tuning_dir: Path
     """Train each learning rate of the cell's list on the tuning seed, choose one on validation,
     keep the chosen trial as the tuning seed's run and train every other seed at it."""
     from annlab.track import tracking
+    from annlab.track import trials as earlier
 
     assert run.tuning is not None
     seeds, rates = run.base.seeds, run.tuning.learning_rates
+    split = io.split_dir(run.data, run.tuning.seed)
+    logged = tracking.cell_params(run.base, run.model_type, run.optimizer, run.activation, run.tuning.seed)
+    key = earlier.tuning_key(run.cell, logged, split, run.info)
+    found = earlier.previous(f"train@{run.cell}", run.outs["tuning"], key) if run.outs["tuning"] else None
+    if found is not None:
+        best, rate = reuse_trials(run, found, model_dir, history_dir, tuning_dir)
+        return [best, *train_rest(run, rate, model_dir, history_dir, None)]
     trials: list[SeedResult] = []
     for n, rate in enumerate(rates, start=1):
         print(f"train: {run.cell} trial lr={rate:g} ({n}/{len(rates)}) on seed {run.tuning.seed}", flush=True)
@@ -325,6 +335,7 @@ def tune_cell(run: CellRun, model_dir: Path, history_dir: Path, tuning_dir: Path
         "tuning_seed": run.tuning.seed,
         "edge": tune.edge(chosen.learning_rate, rates),
         "trials": [{**t.as_dict(), "file": trial_name(t.learning_rate)} for t in judged],
+        earlier.KEY: key,  # a later run of the cell with more seeds takes these trials (track/trials.py)
     }
     io.write_text(tuning_dir / "choice.json", json.dumps(choice, indent=2) + "\n")
     print(f"train: {run.cell}: chose lr={chosen.learning_rate:g} on {run.tuning.select_on}", flush=True)
@@ -343,18 +354,76 @@ def tune_cell(run: CellRun, model_dir: Path, history_dir: Path, tuning_dir: Path
             split,
             tracking.cell_run_name(run.cell, run.tuning.seed, seeds),
         )  # the model from the saved folder: the trials after it trained the same Keras model
-    results = [best]
+    return [best, *train_rest(run, chosen.learning_rate, model_dir, history_dir, trials[-1].model)]
+
+
+def train_rest(
+    run: CellRun, rate: float, model_dir: Path, history_dir: Path, previous: Any
+) -> list[SeedResult]:
+    """Train every seed but the tuning seed at the chosen learning rate; `previous`: the last
+    model trained (None: none yet)."""
+    assert run.tuning is not None
+    seeds, results = run.base.seeds, []
     for n, seed in enumerate([s for s in seeds if s != run.tuning.seed], start=2):
-        print(f"train: {run.cell} seed {seed} ({n}/{len(seeds)}) at lr={chosen.learning_rate:g}", flush=True)
+        print(f"train: {run.cell} seed {seed} ({n}/{len(seeds)}) at lr={rate:g}", flush=True)
         name = io.seed_name(seed)
-        previous = results[-1].model if len(results) > 1 else trials[-1].model
-        results.append(
-            train_seed(
-                run, seed, model_dir / name, history_dir / f"{name}.csv", previous, chosen.learning_rate
-            )
-        )
+        results.append(train_seed(run, seed, model_dir / name, history_dir / f"{name}.csv", previous, rate))
+        previous = results[-1].model
         print(results[-1].line)
     return results
+
+
+def reuse_trials(
+    run: CellRun, found: dict[Path, dict[str, Path]], model_dir: Path, history_dir: Path, tuning_dir: Path
+) -> tuple[SeedResult, float]:
+    """Take the cell's trials and its tuning seed's run from its previous outputs in DVC's cache
+    (`track.trials.previous`): the files as they were, but for the run's keys, which name the
+    data of this grid. Log that run to MLflow as this grid's; returns it and the chosen rate."""
+    from annlab.track import tracking
+
+    assert run.tuning is not None
+    seed, name = run.tuning.seed, io.seed_name(run.tuning.seed)
+    for relpath, cached in found[Path(run.outs["tuning"])].items():
+        shutil.copyfile(cached, tuning_dir / relpath)
+    choice = io.read_json(tuning_dir / "choice.json")
+    rate = float(choice["learning_rate"])
+    seed_dir = model_dir / name
+    for relpath, cached in found[Path(run.outs["models"])].items():
+        if relpath.startswith(f"{name}/"):
+            (model_dir / relpath).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cached, model_dir / relpath)
+    shutil.copyfile(found[Path(run.outs["history"])][f"{name}.csv"], history_dir / f"{name}.csv")
+    logged = tracking.cell_params(
+        run.base.with_learning_rate(run.optimizer, rate), run.model_type, run.optimizer, run.activation, seed
+    )
+    meta = io.read_json(seed_dir / "meta.json")
+    meta |= {"cell_key": tracking.cell_key(run.cell, logged, run.digest), "data_digest": run.digest}
+    io.write_json(seed_dir / "meta.json", meta)
+    seconds = float(io.read_json(seed_dir / "timing.json")["train_seconds"])
+    print(
+        f"train: {run.cell}: the {len(choice['trials'])} trials on seed {seed} are the previous run's"
+        f" (same params, split and code), not trained again: lr={rate:g} on {choice['select_on']}",
+        flush=True,
+    )
+    run_id = run.link.call(
+        tracking.log_saved_run,
+        run.exp_id,
+        run.parent_id,
+        {**run.tags, tracking.CELL_KEY_TAG: meta["cell_key"], **tracking.role_tags("final", rate)},
+        tracking.run_key(meta["cell_key"], run.tags[tracking.GRID_TAG]),
+        tracking.cell_run_name(run.cell, seed, run.base.seeds),
+        logged,
+        seed_dir,
+        history_dir / f"{name}.csv",
+        io.split_dir(run.data, seed),
+        run.info["dataset"],
+    )
+    point = tune.Checkpoint(
+        meta["checkpoint_epoch"], meta["checkpoint_val_accuracy"], meta["checkpoint_val_loss"]
+    )
+    final = meta["checkpoint_val_accuracy"] if not meta["diverged"] else None
+    line = f"train: {tracking.cell_run_name(run.cell, seed, run.base.seeds)} lr={rate:g}: reused"
+    return SeedResult(line, final, seconds, None, point, run_id), rate
 
 
 def one_shot(run: CellRun, model_dir: Path, history_dir: Path, tuning_dir: Path) -> list[SeedResult]:

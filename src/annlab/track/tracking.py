@@ -363,6 +363,49 @@ def promote_trial(
         client.set_terminated(run_id, before.info.status, end_time=before.info.end_time)
 
 
+def log_saved_run(
+    exp_id: str,
+    parent_id: str,
+    tags: dict[str, str],
+    key: str,
+    name: str,
+    logged: dict[str, Any],
+    seed_dir: Path,
+    history_csv: Path,
+    split_dir: Path,
+    dataset: str,
+) -> str:
+    """Log a run that a stage took from its previous outputs rather than trained (a tuned cell's
+    tuning seed's run when only seeds were added) as a finished run of this grid: its params,
+    datasets, per-epoch curves, history and model. Returns its id."""
+    import pandas as pd
+
+    with start_cell_run(Link(), exp_id, key, name, parent_id, tags):
+        run_id = mlflow.active_run().info.run_id
+        history = pd.read_csv(history_csv, float_precision="round_trip")
+        now = int(time.time() * 1000)
+        log_metric_points(
+            run_id,
+            [
+                Metric(column, float(value), now, int(epoch))
+                for column in ("loss", "accuracy", "val_loss", "val_accuracy")
+                for epoch, value in zip(history["epoch"], history[column], strict=True)
+            ],
+        )
+        splits = {
+            part: (io.load_array(split_dir, f"x_{short}"), io.load_array(split_dir, f"y_{short}"))
+            for part, short in (("training", "train"), ("validation", "val"))
+        }
+        log_cell_inputs(logged, tags[GRID_TAG], splits, dataset)
+        mlflow.set_tag(
+            "mlflow.note.content",
+            "Not trained again: adding seeds left the tuning seed's trials as they were, so this"
+            " run's files are the previous grid's (its trials are there, under the same cell).",
+        )
+        log_cell_outputs(seed_dir, history_csv, split_dir)
+    return run_id
+
+
 def log_cell_inputs(
     logged: dict[str, Any], grid_id: str, splits: dict[str, tuple[Any, Any]], dataset: str
 ) -> None:
