@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 PORT ?= 5000
-MODEL ?= models:/annlab@champion
+# `make serve`'s model; empty: the champion of params.yaml's dataset (`annlab champion`)
+MODEL ?=
 # Grid cells trained at once by `make repro` (warm local workers), experiments at once by
 # `make sweep`: one per core.
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
@@ -90,8 +91,8 @@ format: venv ## Format the code with ruff
 ui: venv ## Serve the MLflow UI on 127.0.0.1:$(PORT) over the project's store
 	mlflow ui --backend-store-uri "$(TRACKING_URI)" --host 127.0.0.1 --port $(PORT)
 
-serve: venv ## Serve a model on 127.0.0.1:$(PORT) for raw inputs (MODEL, default models:/annlab@champion)
-	MLFLOW_TRACKING_URI="$(TRACKING_URI)" mlflow models serve -m "$(MODEL)" \
+serve: venv ## Serve a model on 127.0.0.1:$(PORT) for raw inputs (MODEL, default models:/annlab-<dataset>@champion)
+	MLFLOW_TRACKING_URI="$(TRACKING_URI)" mlflow models serve -m "$(or $(MODEL),$$(annlab champion))" \
 		--host 127.0.0.1 --port $(PORT) --env-manager local
 
 server: venv ## A shared MLflow tracking server (127.0.0.1:5000; HOST, PORT): database backend, proxied artifacts

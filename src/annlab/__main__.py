@@ -3,7 +3,10 @@
 `annlab sync`: upload to MLflow the runs of the workspace's grid that the store lacks (trained
 offline, or while the tracking server was down), from the DVC outputs.
 `annlab predict`: classify raw inputs with a trained model (a cell, a model folder, an MLflow
-`models:/` or `runs:/` URI); one row per input with the class name and each class's probability."""
+`models:/` or `runs:/` URI; default: the champion of params.yaml's dataset); one row per input
+with the class name and each class's probability.
+`annlab champion`: print the URI of the model in use for params.yaml's dataset,
+`models:/annlab-<dataset>@champion` (what `make serve` serves)."""
 
 from __future__ import annotations
 
@@ -56,10 +59,11 @@ def predict(argv: list[str] | None) -> None:
     p = argparse.ArgumentParser(prog="annlab predict", description=predict.__doc__.splitlines()[0])
     p.add_argument(
         "--model",
-        required=True,
         help="a cell (ann-adam-relu; with --seed), a folder models/<cell>/seed-<n>, "
-        "models:/<name>@champion or models:/<name>/<version>, or runs:/<run id>/model",
+        "models:/<name>@champion or models:/<name>/<version>, or runs:/<run id>/model; default: the "
+        "champion of params.yaml's dataset (`annlab champion` prints it)",
     )
+    p.add_argument("--params", default="params.yaml", help="for the default --model (default: %(default)s)")
     p.add_argument(
         "--input",
         required=True,
@@ -84,7 +88,10 @@ def predict(argv: list[str] | None) -> None:
     from annlab import io
     from annlab.serve import served
 
-    predictor, source = load_predictor(args.model, args.seed, args.models)
+    ref = args.model or champion_uri(args.params)
+    if ref == LEGACY_CHAMPION:
+        ref = legacy_champion(args.params)
+    predictor, source = load_predictor(ref, args.seed, args.models)
     where = " ".join(map(str, args.input))
     if len(args.input) > 1 and (predictor.is_table or any(p.is_dir() for p in args.input)):
         raise UserError(f"--input {where}: several inputs must be image files; give one table or folder")
@@ -94,9 +101,12 @@ def predict(argv: list[str] | None) -> None:
     else:
         x, labels = np.concatenate([x for x, _ in parts]), None
     try:
+        warnings = predictor.input_warnings(x)
         out = predictor.predict(x)
     except served.InputError as exc:
         raise served.InputError(f"{where}: {exc}") from None
+    for line in warnings:  # the predictions still come out
+        print(f"warning: {where}: inputs unlike the training data: {line}", file=sys.stderr)
     notes = sys.stdout if args.output else sys.stderr  # stdout may be the CSV itself
     print(f"predict: {source}: {len(out)} inputs from {where}", file=notes)
     if labels is not None and (labels >= 0).any():
@@ -113,6 +123,44 @@ def predict(argv: list[str] | None) -> None:
             out.to_parquet(tmp, index=False)
     else:
         io.write_text(args.output, out.to_csv(index=False, lineterminator="\n"))
+
+
+def champion_uri(params_path: str) -> str:
+    """The model in use for the workspace's dataset: `models:/<registered model>@champion`."""
+    from annlab.params import load_params
+
+    return f"models:/{load_params(params_path).registered_model}@champion"  # registry.CHAMPION
+
+
+LEGACY_CHAMPION = "models:/annlab@champion"  # one registered model for every dataset, before annlab-<dataset>
+
+
+def legacy_champion(params_path: str) -> str:
+    """`models:/annlab@champion` where the registry still has a model `annlab` (registered by an
+    earlier annlab); else the champion of params.yaml's dataset, which took its place."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from annlab.track import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        mlflow.MlflowClient().get_registered_model("annlab")
+        return LEGACY_CHAMPION
+    except MlflowException:
+        uri = champion_uri(params_path)
+        print(
+            f"predict: no registered model 'annlab': {uri}, the champion of {params_path}'s dataset",
+            file=sys.stderr,
+        )
+        return uri
+
+
+def champion(argv: list[str] | None) -> None:
+    """Print the URI of the model in use for params.yaml's dataset (what `make serve` serves)."""
+    p = argparse.ArgumentParser(prog="annlab champion", description=champion.__doc__.splitlines()[0])
+    p.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    print(champion_uri(p.parse_args(argv).params))
 
 
 def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
@@ -181,7 +229,7 @@ def load_predictor(ref: str, seed: int | None, models: Path) -> tuple[Any, str]:
     return served.Predictor.load(folder), str(folder)
 
 
-COMMANDS = {"sync": sync, "predict": predict}
+COMMANDS = {"sync": sync, "predict": predict, "champion": champion}
 
 
 def main() -> None:

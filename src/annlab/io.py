@@ -106,6 +106,30 @@ def load_array(directory: str | Path, name: str) -> np.ndarray:
         raise UserError(f"{path}: holds pickled Python objects, which annlab never loads") from None
 
 
+def load_npz(path: str | Path, what: str = "a NumPy .npz file") -> dict[str, Any]:
+    """Every array of an .npz file, refusing pickled objects (loading them runs code) and
+    anything that is not an .npz with one clear UserError naming the file."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # np.load would take any other bytes for a pickle
+        raise UserError(f"{path}: not {what} (it is no zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise UserError(f"{path}: holds pickled Python objects, which annlab never loads") from None
+        raise UserError(f"{path}: not {what} ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise UserError(f"{path}: not {what} ({type(exc).__name__}: {exc})") from None
+
+
 def data_digest(data_dir: Path) -> str:
     """SHA-256 of the processed arrays and their description (the files are byte-reproducible),
     per-seed splits included."""

@@ -269,8 +269,17 @@ class MlflowParams(_Section):
 
     experiment: Annotated[str, Field(min_length=1, max_length=200)] = "annlab"
     # The report stage registers each new grid's best model under this name; the alias
-    # `champion` marks the one in use (docs/mlflow.md, "The model registry").
-    registered_model: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/:@]+$")] = "annlab"
+    # `champion` marks the one in use (docs/mlflow.md, "The model registry"). None: one name per
+    # dataset, `annlab-<dataset>` (`Params.registered_model`).
+    registered_model: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/:@]+$")] | None = None
+
+
+def default_model_name(label: str) -> str:
+    """`annlab-<dataset>` for a dataset's label (a file's name without its suffix), in the
+    characters MLflow's registry and URIs take."""
+    stem = Path(label).stem if Path(label).suffix else Path(label).name
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "data"
+    return f"annlab-{cleaned}"[:200]
 
 
 def cell_name(model: str, optimizer: str, activation: str) -> str:
@@ -366,6 +375,15 @@ class Params(_Section):
     def select_on(self) -> str:
         """The validation metric that picks learning rates and best checkpoints."""
         return self.tuning.select_on if self.tuning else "val_accuracy"
+
+    @property
+    def registered_model(self) -> str:
+        """The registered model the grid's best goes to: `mlflow.registered_model`, or by default
+        one per dataset, `annlab-<dataset>` (`annlab-digits`, `annlab-penguins` for penguins.csv),
+        so that a grid on other data never displaces another dataset's model in use."""
+        if self.mlflow.registered_model:
+            return self.mlflow.registered_model
+        return default_model_name(self.data.label)
 
     def resolved_tuning(self) -> dict[str, dict[str, Any] | None]:
         """Each optimizer's `tuning_for`, as the `validate` stage writes it for DVC: a cell's

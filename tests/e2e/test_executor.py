@@ -285,7 +285,7 @@ def test_the_executor_reports_where_cells_run_and_each_cell(grids: dict) -> None
     # The stages after the grid ran in turn on a warm worker, not as cold stage commands.
     ran = re.findall(r"^Running stage '(\w+)'( on a warm worker)?:$", out, re.MULTILINE)
     assert ran[-3:] == [(s, " on a warm worker") for s in ("evaluate", "plot", "report")], out
-    assert "report: registry: registered annlab version 1" in out
+    assert "report: registry: registered annlab-digits version 1" in out
 
 
 @pytest.mark.slow

@@ -342,9 +342,9 @@ def test_no_run_is_lost_to_a_server_that_is_down_and_sync_uploads_each_once(
         models = client.search_logged_models([exp_id], filter_string=f"source_run_id = '{run.info.run_id}'")
         assert len(models) == 1
     # The grid's best model, trained while MLflow was away, is registered by the sync.
-    (version,) = client.search_model_versions("name='annlab'")
+    (version,) = client.search_model_versions("name='annlab-digits'")
     assert version.tags["annlab.cell"] == parent.data.tags["annlab.best_cell"]
-    assert client.get_model_version_by_alias("annlab", "champion").version == version.version
+    assert client.get_model_version_by_alias("annlab-digits", "champion").version == version.version
 
     # 5. Nothing twice: neither a second sync nor the repro that finishes the pipeline adds a run
     # or a model version.
@@ -353,7 +353,7 @@ def test_no_run_is_lost_to_a_server_that_is_down_and_sync_uploads_each_once(
     again = client.search_runs([exp_id], max_results=1000)
     assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
     assert {r.info.run_id: r.info.status for r in again} == {r.info.run_id: r.info.status for r in runs}
-    assert len(client.search_model_versions("name='annlab'")) == 1
+    assert len(client.search_model_versions("name='annlab-digits'")) == 1
 
 
 def _running_with_curves(client: MlflowClient) -> bool:

@@ -54,7 +54,9 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
     small_repo(repo, edit)
     repro(repo, 2, store)
-    return {"kind": kind, "repo": repo, "store": store}
+    # One registered model per dataset: annlab-digits, annlab-wine (wine.csv).
+    name = "annlab-wine" if kind == "csv" else "annlab-digits"
+    return {"kind": kind, "repo": repo, "store": store, "name": name, "champion": f"models:/{name}@champion"}
 
 
 def _raw_test(repo: Path, seed: int, predictor: served.Predictor) -> tuple[Any, np.ndarray]:
@@ -90,7 +92,7 @@ def _client(store: str) -> Any:
 def test_the_best_model_is_registered_once_with_its_provenance(trained: dict[str, Any]) -> None:
     repo, store = trained["repo"], trained["store"]
     client = _client(store)
-    (version,) = client.search_model_versions("name='annlab'")
+    (version,) = client.search_model_versions(f"name='{trained['name']}'")
     summary = json.loads((repo / "reports/summary.json").read_text())
     tags = version.tags
     assert tags["annlab.cell"] == summary["best_cell"]
@@ -99,7 +101,7 @@ def test_the_best_model_is_registered_once_with_its_provenance(trained: dict[str
     assert float(tags["annlab.cell_test_accuracy"]) == pytest.approx(summary["best_test_accuracy"], abs=1e-6)
     assert float(tags["annlab.cell_test_accuracy_low"]) <= float(tags["annlab.cell_test_accuracy"])
     assert tags["annlab.grid"] and tags["annlab.data_digest"] and tags["annlab.git_commit"]
-    assert client.get_model_version_by_alias("annlab", "champion").version == version.version
+    assert client.get_model_version_by_alias(trained["name"], "champion").version == version.version
     # The seed in use is the best validation accuracy, not the best test accuracy.
     metas = {
         s: json.loads((repo / f"models/{tags['annlab.cell']}/seed-{s}/meta.json").read_text()) for s in SEEDS
@@ -108,8 +110,8 @@ def test_the_best_model_is_registered_once_with_its_provenance(trained: dict[str
     # The report again (as `annlab sync` runs it) adds no version.
     sync = _annlab(repo, store, "sync")
     assert sync.returncode == 0, sync.stderr
-    assert "already holds annlab version 1" in sync.stdout
-    assert len(client.search_model_versions("name='annlab'")) == 1
+    assert f"already holds {trained['name']} version 1" in sync.stdout
+    assert len(client.search_model_versions(f"name='{trained['name']}'")) == 1
 
 
 def test_the_logged_model_takes_raw_inputs_with_its_signature(trained: dict[str, Any]) -> None:
@@ -117,11 +119,11 @@ def test_the_logged_model_takes_raw_inputs_with_its_signature(trained: dict[str,
 
     repo, store = trained["repo"], trained["store"]
     client = _client(store)
-    version = client.get_model_version_by_alias("annlab", "champion")
+    version = client.get_model_version_by_alias(trained["name"], "champion")
     seed = int(version.tags["annlab.seed"])
     local = served.Predictor.load(repo / f"models/{version.tags['annlab.cell']}/seed-{seed}")
     x, _ = _raw_test(repo, seed, local)
-    model = mlflow.pyfunc.load_model("models:/annlab@champion")
+    model = mlflow.pyfunc.load_model(trained["champion"])
     pd.testing.assert_frame_equal(model.predict(x), local.predict(x))
     inputs = model.metadata.get_input_schema()
     if local.is_table:
@@ -137,7 +139,11 @@ def test_the_logged_model_takes_raw_inputs_with_its_signature(trained: dict[str,
         odd.loc[2, "site"] = "west"
         assert list(model.predict(odd)["predicted"]) == list(local.predict(odd)["predicted"])
     else:
-        assert inputs.inputs[0].shape == (-1, 8, 8)
+        # Images in either layout: MLflow's tensor schema fixes the rank, so the model checks them.
+        assert inputs is None
+        assert "(n, 8, 8)" in model.metadata.metadata["annlab_inputs"]
+        assert "(n, 64)" in model.metadata.metadata["annlab_inputs"]
+        pd.testing.assert_frame_equal(model.predict(x.reshape(len(x), -1)), local.predict(x))
     assert model.metadata.saved_input_example_info is not None
 
 
@@ -174,25 +180,18 @@ def test_predict_from_a_cell_needs_no_mlflow_and_matches_the_test_metrics(traine
 
 def test_predict_with_the_champion_matches_its_seeds_test_metrics(trained: dict[str, Any]) -> None:
     repo, store = trained["repo"], trained["store"]
-    version = _client(store).get_model_version_by_alias("annlab", "champion")
+    version = _client(store).get_model_version_by_alias(trained["name"], "champion")
     seed = int(version.tags["annlab.seed"])
     name = "test.parquet" if trained["kind"] == "csv" else "test.npz"
-    proc = _annlab(
-        repo,
-        store,
-        "predict",
-        "--model",
-        "models:/annlab@champion",
-        "--input",
-        f"data/processed/seed-{seed}/{name}",
-    )
+    # No --model: the champion of params.yaml's dataset.
+    proc = _annlab(repo, store, "predict", "--input", f"data/processed/seed-{seed}/{name}")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("predicted,")  # no --output: the CSV on stdout, the notes on stderr
     assert f"accuracy {float(version.tags['annlab.test_accuracy']):.4f}" in proc.stderr
     # The same model as its folder and as its run's model: the same predictions.
     folder = f"models/{version.tags['annlab.cell']}/seed-{seed}"
     run = f"runs:/{version.run_id}/model"
-    for ref in (folder, run):
+    for ref in (folder, run, trained["champion"]):
         same = _annlab(
             repo, store, "predict", "--model", ref, "--input", f"data/processed/seed-{seed}/{name}"
         )
@@ -207,8 +206,11 @@ def test_predict_refuses_wrong_columns_or_a_wrong_shape_in_one_message(trained: 
         real_table("wine").drop(columns=["alcohol", "hue"]).to_csv(bad, index=False)
         expected = "missing columns 'alcohol', 'hue'; expected a table with the columns alcohol (number)"
     else:
-        np.save(bad, np.zeros((3, 64)))  # flat features, as if already preprocessed: refused
-        expected = "got an array of shape (3, 64); expected an array of shape (n, 8, 8) of pixel values"
+        np.save(bad, np.zeros((3, 63)))
+        expected = (
+            "got an array of shape (3, 63); expected an array of shape (n, 8, 8) of pixel values,"
+            " or flat rows (n, 64)"
+        )
     proc = _annlab(repo, trained["store"], "predict", "--model", CELLS[0], "--input", bad.name)
     assert proc.returncode == 2
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -229,7 +231,7 @@ def _post(url: str, body: Any) -> tuple[int, Any]:
 
 def test_the_served_champion_answers_like_predict_and_refuses_bad_requests(trained: dict[str, Any]) -> None:
     repo, store = trained["repo"], trained["store"]
-    version = _client(store).get_model_version_by_alias("annlab", "champion")
+    version = _client(store).get_model_version_by_alias(trained["name"], "champion")
     seed = int(version.tags["annlab.seed"])
     local = served.Predictor.load(repo / f"models/{version.tags['annlab.cell']}/seed-{seed}")
     x, _ = _raw_test(repo, seed, local)
@@ -238,7 +240,7 @@ def test_the_served_champion_answers_like_predict_and_refuses_bad_requests(train
     command = [
         str(Path(sys.executable).parent / "mlflow"),
         *SERVE_ARGS,
-        "models:/annlab@champion",
+        trained["champion"],
         "--port",
         str(port),
     ]
@@ -278,19 +280,73 @@ def test_the_served_champion_answers_like_predict_and_refuses_bad_requests(train
         got = pd.DataFrame(answer["predictions"])
         assert list(got["predicted"]) == list(expected["predicted"])
         np.testing.assert_allclose(got.iloc[:, 1:].to_numpy(), expected.iloc[:, 1:].to_numpy(), rtol=1e-6)
+        if not local.is_table:  # flat rows of 64 pixels, as load_digits().data holds them
+            status, flat = _post(f"{url}/invocations", {"inputs": rows.reshape(len(rows), -1).tolist()})
+            assert status == 200 and flat == answer, flat
         status, answer = _post(f"{url}/invocations", bad)
         assert 400 <= status < 500 and answer.get("message"), answer
         assert _post(f"{url}/invocations", body)[0] == 200  # still answering
+        if not local.is_table:  # pixels scaled to 0-1: answered, and one warning in the log
+            status, scaled = _post(f"{url}/invocations", {"inputs": (rows / 16.0).tolist()})
+            assert status == 200 and len(scaled["predictions"]) == len(rows)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+    log = server.stderr.read().decode() if server.stderr else ""
+    assert log.count("inputs unlike the training data") == (0 if local.is_table else 1), log[-3000:]
 
 
 SERVE_ARGS = ["models", "serve", "--host", "127.0.0.1", "--env-manager", "local", "-m"]
 
 
-def test_make_serve_runs_this_command() -> None:
+def test_make_serve_runs_this_command(trained: dict[str, Any]) -> None:
     recipe = (REPO / "Makefile").read_text().split("\nserve:")[1].split("\n\n")[0]
-    assert 'mlflow models serve -m "$(MODEL)"' in recipe
+    assert 'mlflow models serve -m "$(or $(MODEL),$$(annlab champion))"' in recipe
     assert "--host 127.0.0.1 --port $(PORT) --env-manager local" in recipe
-    assert "MODEL ?= models:/annlab@champion" in (REPO / "Makefile").read_text()
+    assert "\nMODEL ?=\n" in (REPO / "Makefile").read_text()
+    # What `annlab champion` gives make serve: the champion of the workspace's dataset.
+    proc = _annlab(trained["repo"], trained["store"], "champion")
+    assert proc.returncode == 0 and proc.stdout.strip() == trained["champion"], proc
+
+
+def test_predict_takes_inputs_as_users_hold_them_and_warns_when_unlike_training(
+    trained: dict[str, Any],
+) -> None:
+    repo, store = trained["repo"], trained["store"]
+
+    def predict(name: str, model: str = "models:/annlab@champion") -> subprocess.CompletedProcess[str]:
+        proc = _annlab(repo, store, "predict", "--model", model, "--input", name)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    def warnings(proc: subprocess.CompletedProcess[str]) -> list[str]:
+        return [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+
+    if trained["kind"] == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        np.save(repo / "flat.npy", bunch.data)  # (1797, 64), as the tutorial holds digits
+        np.save(repo / "images.npy", bunch.images)
+        np.save(repo / "scaled.npy", bunch.images / 16.0)
+        # The name the docs used before one registered model per dataset: its champion now.
+        flat = predict("flat.npy")
+        assert "annlab-digits@champion" in flat.stderr
+        assert flat.stdout == predict("images.npy").stdout and len(flat.stdout.splitlines()) == 1798
+        assert warnings(flat) == []
+        (line,) = warnings(predict("scaled.npy"))
+        assert "pixels look scaled to 0-1; the model was trained on 0-16" in line and "scaled.npy" in line
+    else:
+        rows = real_table("wine").drop(columns=["species"]).head(40)
+        rows.to_csv(repo / "same.csv", index=False)
+        assert warnings(predict("same.csv")) == []
+        far = rows.assign(alcohol=rows["alcohol"] * 100)
+        far.to_csv(repo / "far.csv", index=False)
+        (line,) = warnings(predict("far.csv"))
+        assert "column 'alcohol': " in line and "outside the training range" in line
+        odd = rows.assign(site=["atlantis", *rows["site"][1:]])
+        odd.to_csv(repo / "odd.csv", index=False)
+        proc = predict("odd.csv")
+        (line,) = warnings(proc)
+        assert "column 'site': 'atlantis' never seen in training" in line
+        assert len(proc.stdout.splitlines()) == 41  # predicted all the same

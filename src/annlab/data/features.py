@@ -45,9 +45,11 @@ def apply_scaler(state: dict[str, Any], x: np.ndarray) -> np.ndarray:
 
 
 def fit_array(scaler: str, x_train: np.ndarray) -> dict[str, Any]:
-    """The state of an array dataset: a scaler over its flattened features."""
+    """The state of an array dataset: a scaler over its flattened features, and the range of
+    the training values (pixels' min and max), against which inputs are checked."""
     flat = x_train.reshape(len(x_train), -1).astype(np.float64)
-    return {"kind": "array", "scaler": fit_scaler(scaler, flat)}
+    value_range = [float(flat.min()), float(flat.max())] if flat.size else None
+    return {"kind": "array", "scaler": fit_scaler(scaler, flat), "range": value_range}
 
 
 def fit_table(frame: pd.DataFrame, numeric: list[str], categorical: list[str], scaler: str) -> dict[str, Any]:
@@ -62,9 +64,16 @@ def fit_table(frame: pd.DataFrame, numeric: list[str], categorical: list[str], s
         # Ties go to the smallest value, as scikit-learn's SimpleImputer breaks them.
         most = min(v for v, n in counts.items() if n == counts.max()) if len(counts) else ""
         columns.append({"name": name, "most_frequent": most, "categories": sorted({*counts.index, most})})
+    # Each numeric column's training range, against which inputs are checked (None: no value).
+    ranges = [[float(np.nanmin(c)), float(np.nanmax(c))] if (~np.isnan(c)).any() else None for c in values.T]
     state = {
         "kind": "table",
-        "numeric": {"columns": numeric, "median": medians.tolist(), "scaler": fit_scaler(scaler, filled)},
+        "numeric": {
+            "columns": numeric,
+            "median": medians.tolist(),
+            "scaler": fit_scaler(scaler, filled),
+            "range": ranges,
+        },
         "categorical": columns,
     }
     state["features"] = feature_names(state)
@@ -94,3 +103,70 @@ def transform(state: dict[str, Any], x: Any) -> np.ndarray:
         categories = np.asarray(column["categories"], dtype=object)
         parts.append((text[:, None] == categories[None, :]).astype(np.float32))
     return np.concatenate(parts, axis=1) if parts else np.empty((len(x), 0), np.float32)
+
+
+# When inputs look unlike the training data (one place; docs/guide.md, "Predicting"): a warning
+# when more than OUTSIDE_SHARE of the values lie outside the training range by more than
+# OUTSIDE_MARGIN of that range, or when an image lies wholly within 0-1 although the training
+# pixels reached UNIT_SCALE_TRAINED or more (pixels scaled to 0-1 for a model of 0-16 or 0-255).
+OUTSIDE_SHARE = 0.01
+OUTSIDE_MARGIN = 0.10
+UNIT_SCALE_TRAINED = 2.0
+
+
+def _outside(values: np.ndarray, low: float, high: float) -> float:
+    """The share of `values` beyond [low, high] by more than OUTSIDE_MARGIN of its width."""
+    margin = OUTSIDE_MARGIN * (high - low)
+    return float(((values < low - margin) | (values > high + margin)).mean()) if values.size else 0.0
+
+
+def input_warnings(state: dict[str, Any], x: Any, images: bool = True) -> list[str]:
+    """One line per way raw inputs (`x`: rows as `transform` takes them) look unlike the training
+    data; the prediction still comes out. [] for a state fitted before annlab kept its ranges.
+    `images`: whether an array's rows are images (the 0-1 check is for pixels only)."""
+    if state["kind"] == "array":
+        if not state.get("range"):
+            return []
+        low, high = state["range"]
+        values = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        if not values.size:
+            return []
+        trained = f"the model was trained on {low:g}-{high:g}"
+        per_image = (values >= 0).all(axis=1) & (values <= 1).all(axis=1) & (values.max(axis=1) > 0)
+        if images and high >= UNIT_SCALE_TRAINED and per_image.any():
+            return [
+                f"{int(per_image.sum())} of {len(values)} inputs lie wholly within 0-1: pixels look"
+                f" scaled to 0-1; {trained}"
+            ]
+        share = _outside(values, low, high)
+        if share > OUTSIDE_SHARE:
+            hint = "; pixels look like 0-255" if high <= 16 < values.max() <= 255 else ""
+            return [
+                f"{share:.1%} of the input values lie outside the training range by more than"
+                f" {OUTSIDE_MARGIN:.0%} of it (inputs {values.min():g}-{values.max():g}){hint}; {trained}"
+            ]
+        return []
+    lines = []
+    numeric = state["numeric"]
+    for name, bounds in zip(numeric["columns"], numeric.get("range") or [], strict=False):
+        column = np.asarray(x[name], dtype=np.float64)
+        column = column[~np.isnan(column)]
+        if bounds and (share := _outside(column, *bounds)) > OUTSIDE_SHARE:
+            lines.append(
+                f"column {name!r}: {share:.1%} of its values lie outside the training range"
+                f" {bounds[0]:g}-{bounds[1]:g} by more than {OUTSIDE_MARGIN:.0%} of it"
+                f" (inputs {column.min():g}-{column.max():g})"
+            )
+    if "range" not in numeric:
+        return lines  # a state fitted before annlab kept its ranges: categories unchecked too
+    for column in state["categorical"]:
+        seen = x[column["name"]].dropna().astype(str)
+        unseen = sorted(set(seen) - set(column["categories"]))
+        if unseen:
+            shown = ", ".join(map(repr, unseen[:5])) + (", ..." if len(unseen) > 5 else "")
+            known = column["categories"]
+            lines.append(
+                f"column {column['name']!r}: {shown} never seen in training (encoded as no category);"
+                f" known: {', '.join(known[:10])}{', ...' if len(known) > 10 else ''}"
+            )
+    return lines

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from annlab.errors import DataError
+from annlab import io
+from annlab.errors import DataError, UserError
 from annlab.params import DataParams, Params
 
 if TYPE_CHECKING:
@@ -334,10 +335,23 @@ def load_image(file: Path, mode: str, size: Sequence[int] | None = None) -> Any:
     """A PNG or JPEG file as a Pillow image in `mode` (L or RGB), upright as its EXIF says; 16-bit
     images scaled to 8 bits rather than clipped; resized to `size` ([height, width]) if given.
     DataError for anything else."""
+    import warnings
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(file) as image:
+        with warnings.catch_warnings():
+            # Over Pillow's limit Pillow only warns, and over twice the limit raises: both refused.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(file)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise DataError(too_large(file)) from None
+    except UnidentifiedImageError:
+        raise DataError(f"{file}: not an image (allowed: PNG or JPEG files only)") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # an empty or unreadable file
+        raise DataError(f"{file}: cannot be read as an image ({exc})") from None
+    try:
+        with image:
             # MPO: a JPEG with extra frames (phones' HDR photos); the first frame is the photo.
             if image.format not in IMAGE_FORMATS:
                 raise DataError(f"{file}: a {image.format} image; allowed: PNG or JPEG files only")
@@ -361,6 +375,23 @@ def load_image(file: Path, mode: str, size: Sequence[int] | None = None) -> Any:
 OS_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx"}
 
 
+def too_large(file: Path) -> str:
+    """Why an image over Pillow's pixel limit is refused (it could be a decompression bomb)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # read the header alone, which is small whatever the image
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return (
+        f"{file}: {width}x{height} pixels ({width * height:,}), over the limit of {limit:,} pixels an"
+        " image may have (an image that large is refused: it could be a decompression bomb)"
+    )
+
+
 def skipped(name: str) -> bool:
     """Whether a file or folder in an image folder is no sample: hidden, or left by the OS."""
     return name.startswith(".") or name.lower() in OS_FILES
@@ -377,22 +408,17 @@ def read_npz(data: DataParams) -> OwnData:
     """An .npz with `x` (n, h, w), (n, h, w, c) or (n, features) and labels `y` (n,)."""
     path = _existing_file(data.path, "npz")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.keys())
-            missing = [k for k in ("x", "y") if k not in keys]
-            if missing:
-                raise DataError(
-                    f"{path}: no array {' or '.join(map(repr, missing))}; an npz for annlab holds "
-                    f"'x' (the samples) and 'y' (their labels); found: "
-                    f"{', '.join(map(repr, keys)) or 'nothing'}"
-                )
-            x, y = npz["x"], npz["y"]
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(f"{path}: holds pickled Python objects, which annlab never loads") from None
-        raise DataError(f"{path}: not a NumPy .npz file ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a NumPy .npz file ({exc})") from None
+        arrays = io.load_npz(path)
+    except UserError as exc:
+        raise DataError(str(exc)) from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(
+            f"{path}: no array {' or '.join(map(repr, missing))}; an npz for annlab holds "
+            f"'x' (the samples) and 'y' (their labels); found: "
+            f"{', '.join(map(repr, arrays)) or 'nothing'}"
+        )
+    x, y = arrays["x"], arrays["y"]
     if x.ndim not in (2, 3, 4) or x.dtype.kind not in "biuf":
         raise DataError(
             f"{path}: x is {x.dtype} of shape {x.shape}; allowed: numbers shaped (n, height, width), "

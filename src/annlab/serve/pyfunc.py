@@ -9,6 +9,7 @@ this package (`code_paths`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -41,6 +42,11 @@ class AnnlabModel(mlflow.pyfunc.PythonModel):
     # No type hints: MLflow would read them as a schema of its own; the signature is the schema.
     def predict(self, context, model_input, params=None):
         try:
+            warnings = self.predictor.input_warnings(model_input)
+            if warnings:  # once per request; the response is unchanged
+                logging.getLogger("annlab").warning(
+                    "inputs unlike the training data: %s", "; ".join(warnings)
+                )
             return self.predictor.predict(model_input)
         except UserError as exc:  # the scoring server answers 400 with the message
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
@@ -60,8 +66,14 @@ def signature(predictor: served.Predictor) -> Any:
             [ColSpec(AnyType(), name) for name in predictor.columns["numeric"]]
             + [ColSpec("string", name) for name in predictor.columns["categorical"]]
         )
+    elif len(predictor.shape) > 1:
+        # Images come as (n, height, width[, channels]) or as flat rows (n, height·width[·channels]),
+        # as scikit-learn's `data` and `fetch_openml` hold them. MLflow's tensor schema fixes the
+        # rank, so it cannot take both: the model declares none, and checks type and shape itself
+        # (`served.Predictor`), refusing anything else with a 400 that names both layouts.
+        inputs = None
     else:
-        # The dtype the dataset's samples have (uint8 pixels for images): MLflow checks it exactly.
+        # The dtype the dataset's samples have: MLflow checks it exactly.
         dtype = np.dtype(predictor.dataset.get("input_dtype") or "float64")
         inputs = Schema([TensorSpec(dtype, (-1, *predictor.shape))])
     outputs = Schema(
@@ -105,6 +117,7 @@ def log_model(seed_dir: Path, split_dir: Path, pip_requirements: list[str], mode
                 code_paths=[str(PACKAGE)],
                 signature=signature(predictor),
                 input_example=input_example(split_dir, predictor),
+                metadata={"annlab_inputs": predictor.expected()},
                 pip_requirements=pip_requirements,
             )
 

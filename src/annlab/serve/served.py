@@ -98,13 +98,24 @@ class Predictor:
             return f"a table with the columns {', '.join(cols)}; empty cells are allowed"
         if len(self.shape) == 1:
             return f"an array of shape (n, {self.shape[0]}) of numbers"
-        return f"an array of shape (n, {', '.join(map(str, self.shape))}) of pixel values"
+        flat = int(np.prod(self.shape))
+        return (
+            f"an array of shape (n, {', '.join(map(str, self.shape))}) of pixel values, or flat rows"
+            f" (n, {flat}) with the pixels in row-major order"
+        )
 
     def prepare(self, x: Any) -> np.ndarray:
         """Raw inputs as the network's float32 features; InputError naming the expected schema."""
         if self.is_table:
             return features.transform(self.preprocessing, self._table(x))
         return features.transform(self.preprocessing, self._array(x))
+
+    def input_warnings(self, x: Any) -> list[str]:
+        """Where raw inputs look unlike the training data (`features.input_warnings`: values far
+        outside the training range, pixels scaled otherwise, unseen categories); [] for a model
+        trained before annlab kept its ranges."""
+        raw = self._table(x) if self.is_table else self._array(x)
+        return features.input_warnings(self.preprocessing, raw, images=len(self.shape) > 1)
 
     def probabilities(self, x: Any) -> np.ndarray:
         """Each input's class probabilities, columns in `class_names` order."""
@@ -165,8 +176,11 @@ class Predictor:
         shape = self.shape
         if x.dtype.kind not in "biuf":
             raise InputError(f"expected {self.expected()}; got values of type {x.dtype}")
-        if x.shape == shape:  # one sample
+        flat = int(np.prod(shape))
+        if x.shape == shape or (len(shape) > 1 and x.shape == (flat,)):  # one sample
             x = x[None]
+        if len(shape) > 1 and x.ndim == 2 and x.shape[1] == flat:
+            x = x.reshape(len(x), *shape)  # flat rows, pixels in row-major order (scikit-learn's `data`)
         elif len(shape) == 2 and x.shape[1:] == (*shape, 1):  # grayscale with a channel axis
             x = x[..., 0]
         elif len(shape) == 3 and shape[2] == 1 and x.shape[1:] == shape[:2]:  # ... or without one
@@ -230,14 +244,13 @@ def read_inputs(path: str | Path, predictor: Predictor) -> tuple[Any, np.ndarray
         except (ValueError, OSError) as exc:
             raise UserError(f"{path}: not a NumPy array file ({exc})") from None
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            if "x" not in npz:
-                raise UserError(
-                    f"{path}: no array 'x' (the inputs); found {', '.join(npz.keys()) or 'nothing'}"
-                )
-            x = npz["x"]
-            y = npz.get("y")
+        arrays = io.load_npz(path)
+        if "x" not in arrays:
+            raise UserError(f"{path}: no array 'x' (the inputs); found {', '.join(arrays) or 'nothing'}")
+        x, y = arrays["x"], arrays.get("y")
         return x, None if y is None else predictor.encode(owndata.label_values(y), f"{path}: y")
+    if suffix == ".csv":
+        return _pixel_rows(path, predictor)
     files, names = _image_files(path)
     images = [_read_image(f, predictor) for f in files]
     if len({i.shape for i in images}) > 1:
@@ -246,6 +259,35 @@ def read_inputs(path: str | Path, predictor: Predictor) -> tuple[Any, np.ndarray
         size, first = ("x".join(map(str, sizes[f])) for f in (odd, files[0]))
         raise InputError(f"{odd}: {size} pixels, but {files[0]} is {first}; expected {predictor.expected()}")
     return np.stack(images), None if names is None else predictor.encode(names, str(path))
+
+
+LABEL_COLUMNS = ("label", "labels", "y", "target", "class")  # a pixel CSV's label column, if any
+
+
+def _pixel_rows(path: Path, predictor: Predictor) -> tuple[np.ndarray, np.ndarray | None]:
+    """A CSV of flat pixel rows (as `fetch_openml` or a Kaggle MNIST CSV holds them), with or
+    without a header; a header's label column (`LABEL_COLUMNS`) gives the labels."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise UserError(f"{path}: not a CSV of pixel rows ({exc})") from None
+    labels = None
+    if len(frame) and pd.to_numeric(frame.iloc[0], errors="coerce").isna().any():  # a header row
+        frame.columns = [str(c).strip() for c in frame.iloc[0]]
+        frame = frame.iloc[1:].reset_index(drop=True)
+        label = next((c for c in frame.columns if c.lower() in LABEL_COLUMNS), None)
+        if label is not None:
+            labels = predictor.encode(frame.pop(label).tolist(), f"{path}: column {label!r}")
+    values = frame.apply(pd.to_numeric, errors="coerce")
+    if values.isna().to_numpy().any():
+        row, col = np.argwhere(values.isna().to_numpy())[0]
+        raise InputError(
+            f"{path}: row {row + 1}, column {col + 1}: {frame.iat[row, col]!r} is not a number;"
+            f" expected {predictor.expected()}"
+        )
+    return values.to_numpy(), labels
 
 
 def _image_files(path: Path) -> tuple[list[Path], list[str] | None]:

@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from annlab import io
-from annlab.params import Params
+from annlab.params import Params, default_model_name
 from annlab.report import confidence as conf
 from annlab.serve import served
 from annlab.track import tracking
@@ -39,7 +39,7 @@ def register_best(
         run_of: the MLflow run of each (cell, seed) of the grid.
     """
     client = MlflowClient()
-    name = params.mlflow.registered_model
+    name = params.registered_model
     champion = headline["champion"]  # chosen on validation: the test split chooses nothing
     cell = champion["cell"]
     best = rows[rows["cell"] == cell]
@@ -125,12 +125,16 @@ def register(client: Any, name: str, key: str, new_version: Callable[[], Any]) -
 def champion_policy(client: Any, name: str, new: Any) -> tuple[bool, str]:
     """Whether `new` becomes the champion, and why.
 
-    It does when there is none, when the champion learned from other data (it serves the data
-    this grid is about: another file, or the same file changed), or when the new best cell's
+    It does when there is none, when the champion learned from the same dataset as it was before
+    it changed (the file is the one the grid is about), or when the new best cell's
     mean validation accuracy lies above the champion's 95 % interval over seeds (for a champion
     registered before choices moved to validation: test accuracy, with one seed the Wilson
     interval of its test accuracy). A best within that interval is no evidence of a
     better model, so the champion stays: models in use do not flip with seed noise.
+
+    A model of another dataset is never evidence against the champion: it is another model,
+    with other inputs and classes. By default each dataset has its own registered model
+    (`Params.registered_model`); under one name set for several, the alias stays.
     """
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
@@ -140,12 +144,18 @@ def champion_policy(client: Any, name: str, new: Any) -> tuple[bool, str]:
         return False, f"stays version {current.version}"
     old_data = (current.tags.get(tracking.DATASET_TAG), current.tags.get(RAW_DIGEST_TAG))
     new_data = (new.tags.get(tracking.DATASET_TAG), new.tags.get(RAW_DIGEST_TAG))
+    if old_data[0] != new_data[0]:
+        own = default_model_name(str(new_data[0]))
+        return False, (
+            f"stays version {current.version}: it was trained on {old_data[0]}, this grid is on"
+            f" {new_data[0]}, and a model of other data is another model, not a better one; to put"
+            f" this grid's models in use, register them under their own name: set"
+            f" mlflow.registered_model to null (it then registers as {own}) or to a name of its own"
+        )
     if old_data != new_data:
-        same_name = old_data[0] == new_data[0]
         return True, (
-            f"now version {new.version}: version {current.version} was trained on "
-            + (f"{new_data[0]} as it was before it changed" if same_name else f"{old_data[0]}")
-            + f", this grid is on {new_data[0]}"
+            f"now version {new.version}: version {current.version} was trained on {new_data[0]} as it"
+            f" was before it changed, this grid is on {new_data[0]}"
         )
     # On validation, as the grid chose its best; versions registered before that carry only
     # test accuracies, and are compared on those.
