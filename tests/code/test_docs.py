@@ -99,3 +99,75 @@ def test_a_stage_outside_the_projects_environment_stops_with_one_line(tmp_path: 
     assert len(lines) == 1, proc.stderr
     assert "tensorflow" in lines[0] and "make repro" in lines[0] and "source .venv/bin/activate" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+# Example outputs in the docs are marked `<!-- example: <source> -->` … `<!-- /example -->`:
+# `reports/...` (every number in them appears in that committed report) or `rendered` (the
+# block holds what the report's own code writes, rendered here). They cannot go stale.
+EXAMPLE = re.compile(r"<!-- example: (\S+) -->(.*?)<!-- /example -->", re.DOTALL)
+NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+
+
+def example_errors(page: Path, rendered: list[str]) -> list[str]:
+    """Each number of an example block its source lacks, and each rendered line a rendered block
+    lacks, as `page: <source>: <what>`."""
+    errors = []
+    for source, block in EXAMPLE.findall(page.read_text(encoding="utf-8")):
+        text = " ".join(block.replace(">", " ").split())
+        if source == "rendered":
+            truth = " ".join(rendered)
+            if not any(line in text for line in rendered):
+                errors.append(f"{page.name}: rendered: {text[:80]!r} is none of {rendered}")
+        else:
+            truth = (REPO / source).read_text(encoding="utf-8")
+        known = set(NUMBER.findall(truth))
+        errors += [f"{page.name}: {source}: {n}" for n in NUMBER.findall(text) if n not in known]
+    return errors
+
+
+def rendered_examples() -> list[str]:
+    """What the report's code writes for the docs' hypothetical examples: a factor where one
+    level beats another, and a one-seed cell that diverged in its first epoch."""
+    import pandas as pd
+
+    from annlab.report import confidence as conf
+    from annlab.report import markdown as md
+    from annlab.report.tables import fmt_value
+
+    beats = conf.Comparison(conf.Interval(0.092, 0.071, 0.113, 5, 0.017), 0.0002, 5)
+    effect = conf.Effect({}, {("adam", "sgd"): (beats, 0.001)})
+    sentence = md.effect_sentence("optimizer", effect)
+    clause = sentence.split(": ", 1)[1].rstrip(".")
+    diverged = pd.Series({"seeds": 1, "diverged": 1, "diverged_epoch": 1, "test_accuracy": float("nan")})
+    return [clause, fmt_value(diverged, "test_accuracy", 4)]
+
+
+def test_the_docs_examples_are_what_the_reports_and_the_code_say() -> None:
+    blocks = {page.name: len(EXAMPLE.findall(page.read_text(encoding="utf-8"))) for page in PAGES}
+    assert blocks["README.md"] >= 2 and blocks["guide.md"] >= 4, blocks
+    rendered = rendered_examples()
+    assert rendered == [
+        "adam beats sgd by 9.20 [7.10, 11.30] points (adjusted p = 0.001)",
+        "diverged (epoch 1)",
+    ]
+    assert [e for page in PAGES for e in example_errors(page, rendered)] == []
+
+
+def test_an_example_number_changed_by_hand_is_caught(tmp_path: Path) -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    page = tmp_path / "README.md"
+    page.write_text(text.replace("0.9683 [0.9546", "0.9691 [0.9546", 1), encoding="utf-8")
+    assert example_errors(page, rendered_examples()) == ["README.md: reports/comparison.md: 0.9691"]
+    guide = (REPO / "docs/guide.md").read_text(encoding="utf-8")
+    page.write_text(guide.replace("by 9.20 [7.10", "by 9.30 [7.10", 1), encoding="utf-8")
+    assert example_errors(page, rendered_examples())[-1].endswith("rendered: 9.30")
+
+
+def test_the_allowed_activations_are_listed_where_users_look() -> None:
+    from typing import get_args
+
+    from annlab.params import Activation
+
+    for path in ("README.md", "docs/guide.md", "params.yaml"):
+        text = (REPO / path).read_text(encoding="utf-8")
+        assert [a for a in get_args(Activation) if not re.search(rf"\b{a}\b", text)] == [], path

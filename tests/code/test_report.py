@@ -432,7 +432,7 @@ def test_the_sentences_agree_with_the_tables() -> None:
     low, high = magnitude.split(" [")[1].rstrip("]").split(", ")
     flipped = f"{magnitude.split(' [')[0]} [{high.lstrip('-')}, {low.lstrip('-')}]"
     assert f"By optimizer, averaged over the other factors: adam beats sgd by {flipped} points" in said
-    assert rep.summary_metrics(rows)["best_levels"] == {"optimizer": "adam", "activation": "relu"}
+    assert rep.summary_metrics(rows)["best_main_effect_levels"] == {"optimizer": "adam", "activation": "relu"}
 
 
 def test_one_seed_and_identical_cells_are_tied_not_judged() -> None:
@@ -493,7 +493,8 @@ CHAMPION_CASES = [
     (None, _version("1", "digits", 0.97, 0.98), True, "there was none"),
     (_version("1", "digits", 0.97, 0.98), _version("2", "digits", 0.975, 0.99), False, "within its interval"),
     (_version("1", "digits", 0.97, 0.98), _version("2", "digits", 0.985, 0.99), True, "above version 1's"),
-    (_version("1", "digits", 0.97, 0.98), _version("2", "iris.csv", 0.90, 0.95), True, "trained on digits"),
+    # another dataset under one shared name: another model, never a better one
+    (_version("1", "digits", 0.97, 0.98), _version("2", "iris.csv", 0.99, 0.995), False, "annlab-iris"),
     # the same file, changed since: other data
     (
         _version("1", "a.csv", 0.97, 0.98),
@@ -627,3 +628,87 @@ def test_runs_left_running_before_the_run_that_counts_are_marked_replaced_and_la
     rebuilt = client.create_run(exp, start_time=4_000).info.run_id
     supersede_stale(client, [client.get_run(later.info.run_id)], rebuilt, since=None)
     assert client.get_run(later.info.run_id).info.status == "FAILED"
+
+
+def test_each_dataset_keeps_its_own_champion_and_a_shared_name_keeps_its_alias(tmp_path: Path) -> None:
+    """A grid on other data registers under its dataset's name and leaves the first dataset's
+    champion in use; under one name set for both, the alias stays where it was, and says why."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from annlab.track.registry import register
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    names = {
+        label: parse_params({"data": {"dataset": kind, "path": path}}).registered_model
+        for label, kind, path in [
+            ("digits", "digits", "data/own"),
+            ("mnist10k", "npz", "data/own/mnist10k.npz"),
+        ]
+    }
+    assert names == {"digits": "annlab-digits", "mnist10k": "annlab-mnist10k"}
+    shared = parse_params({"mlflow": {"registered_model": "team"}}).registered_model
+    assert shared == "team"
+
+    def version(name: str, key: str, dataset: str, mean: str) -> object:
+        tags = {"annlab.key": key, "annlab.dataset": dataset, "annlab.raw_data_digest": dataset,
+                "annlab.cell_val_accuracy": mean, "annlab.cell_val_accuracy_high": mean}  # fmt: skip
+        return register(client, name, key, lambda: client.create_model_version(name, "file:///m", tags=tags))
+
+    version(names["digits"], "g1", "digits", "0.97")
+    _, _, why = version(names["mnist10k"], "g2", "mnist10k.npz", "0.99")
+    assert "there was none" in why  # its own registered model, its own first champion
+    assert client.get_model_version_by_alias("annlab-digits", "champion").tags["annlab.key"] == "g1"
+    version("team", "g3", "digits", "0.97")
+    _, added, why = version("team", "g4", "mnist10k.npz", "0.99")
+    assert added and client.get_model_version_by_alias("team", "champion").tags["annlab.key"] == "g3"
+    assert "a model of other data is another model" in why and "annlab-mnist10k" in why
+
+
+def test_an_epochs_interval_stays_within_the_epochs_run() -> None:
+    rows = _five_seeds()
+    rows.loc[rows["cell"] == "ann-adam-relu", "best_epoch"] = [10, 10, 9, 10, 10]
+    record = rep.summarize(rows).set_index("cell").loc["ann-adam-relu"]
+    assert record["best_epoch"] == pytest.approx(9.8)
+    assert record["best_epoch_high"] == 10.0 and 1.0 <= record["best_epoch_low"] < 9.8
+
+
+def test_pooled_counts_the_leaderboard_note_and_one_architecture_read_as_they_are() -> None:
+    rows = _five_seeds()
+    params = _params([1, 2, 3, 4, 5])
+    seeds = [{"diverged": False, "classes": [{"precision": 1, "recall": 1, "f1": 1, "support": 36}]}] * 5
+    table = rep.per_class_table({"class_names": ["0"], "seeds": seeds})
+    assert "test samples (summed over 5 seeds)" in table and "| 180 " in table
+    markdown = md.comparison_markdown(params, rows, _timings(rows), "abc", {})
+    board = markdown.split("## Leaderboard\n\n", 1)[1].split("\n## ", 1)[0]
+    assert "percentage points" in board and "can therefore exclude 0 while the verdict is `tied`" in board
+    assert "## Architectures" not in markdown  # one architecture: the pivots say it all
+    one = _params([1])
+    cells = ["ann-sgd-relu", "ann-sgd-tanh", "ann-adam-relu", "ann-adam-tanh"]
+    single = _frame([_row(c, 1, a) for c, a in zip(cells, [0.9, 0.91, 0.95, 0.94], strict=True)])
+    assert md.LEADERBOARD_NOTE not in md.comparison_markdown(one, single, _timings(single), "abc", {})
+
+
+def test_the_summary_figures_zoom_to_the_cells_that_matter(tmp_path: Path) -> None:
+    """digits-like: eight cells within a point, one far below. The heatmap's scale and the
+    forest plot's axis are set by the eight; the outlier is marked, with its value."""
+    from matplotlib.patches import Rectangle
+
+    accuracies = [0.96, 0.962, 0.965, 0.958, 0.97, 0.967, 0.963, 0.961, 0.519]
+    assert charts.scale_floor(np.array(accuracies)) == 0.958
+    rows = _five_seeds()
+    analysis = rep.analyze(rows)  # ann-sgd-tanh (about 0.56) lies far below the other three
+    summary = rep.summarize(rows)
+    fig = charts.heatmap_figure(summary, _params([1, 2, 3, 4, 5]), "test_accuracy", "t", analysis.group)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert sum("below scale" in t for t in texts) == 1
+    boxes = [p for p in fig.axes[0].patches if isinstance(p, Rectangle) and p.get_edgecolor()[0] == 1.0]
+    assert len(boxes) == len(analysis.group)
+    assert fig.axes[-1].get_ylabel() == "test accuracy: mean over seeds"
+    forest = charts.forest_figure(summary, analysis, "t")
+    left, right = forest.axes[0].get_xlim()
+    assert 0.6 < left < 0.92 and 0.975 < right < 1.0
+    written = [a.get_text() for a in forest.axes[0].texts]
+    assert len(written) == 1 and written[0].startswith("0.564")
+    figures.save(forest, tmp_path / "forest.png")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_owndata import digits_folder, real_table
@@ -64,6 +65,13 @@ def test_a_csv_runs_through_every_stage_with_its_class_names(csv_repo: tuple[Pat
         assert f"| {name} " in per_class
     predictions = pd.read_csv(repo / "reports/predictions/ann-adam-relu.csv")
     assert set(predictions["actual"]) == set(names) and len(predictions) == 2 * 36
+    # Per seed, with each class's probability: the predicted class is the most probable one.
+    assert predictions["seed"].value_counts().to_dict() == {1: 36, 2: 36}
+    probabilities = predictions[[f"p({name})" for name in names]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert list(np.asarray(names, dtype=object)[probabilities.argmax(axis=1)]) == list(
+        predictions["predicted"]
+    )
     evaluation = json.loads((repo / "reports/eval/ann-adam-relu.json").read_text())
     assert evaluation["class_names"] == names
     assert [c["class"] for c in evaluation["seeds"][0]["classes"]] == names

@@ -13,9 +13,25 @@ from annlab.report.figures import LOG_SCALE_ABOVE, largest_finite, plot_band, py
 from annlab.report.tables import Analysis, best_cell, fmt_value
 
 
-def heatmap_figure(summary: pd.DataFrame, params: Params, metric: str, title: str) -> Any:
+def scale_floor(values: np.ndarray) -> float:
+    """The low end of a scale for `values` that far outliers below do not set: the smallest value
+    above Tukey's lower fence (Q1 − 1.5 IQR). One diverged or failed cell then takes the colour
+    (or the edge) for "below", and the differences among the others stay visible."""
+    finite = values[np.isfinite(values)]
+    if finite.size < 4:
+        return float(finite.min()) if finite.size else 0.0
+    q1, q3 = np.percentile(finite, [25, 75])
+    fence = q1 - 1.5 * (q3 - q1)
+    return float(finite[finite >= fence].min())
+
+
+def heatmap_figure(
+    summary: pd.DataFrame, params: Params, metric: str, title: str, group: set[str] | None = None
+) -> Any:
     """An optimizer x activation heatmap of a metric's mean per architecture (a panel each, one
-    colour scale), annotated with the interval over seeds, the grid's best cell outlined."""
+    colour scale), annotated with the interval over seeds. The scale starts at `scale_floor`:
+    cells below it are grey and marked "below scale". The best cell and those tied with it
+    (`group`) are outlined."""
     # Imported here: tables pulls in scipy, which the plot stage (a user of this module) does not need.
     plt = pyplot()
     by_cell = summary.set_index("cell")
@@ -28,18 +44,23 @@ def heatmap_figure(summary: pd.DataFrame, params: Params, metric: str, title: st
         )
         for model in labels
     }
-    finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
-    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    every = np.concatenate([g.ravel() for g in grids.values()])
+    finite = every[np.isfinite(every)]
+    low, high = (scale_floor(every), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high <= low:
+        low, high = low - 0.005, high + 0.005
     middle = (low + high) / 2
     fig, axes = plt.subplots(
         1,
         len(labels),
-        figsize=(0.6 + len(labels) * (1.2 + 1.5 * len(activations)), 1.4 + 0.9 * len(optimizers)),
+        figsize=(0.6 + len(labels) * (1.2 + 1.5 * len(activations)), 1.6 + 0.9 * len(optimizers)),
         squeeze=False,
         layout="constrained",
     )
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white", under="lightgrey")
     best = best_cell(summary)
+    outlined = set(group or ()) | ({best} if best else set())
+    below = False
     for ax, (model, label) in zip(axes[0], labels.items(), strict=True):
         grid = grids[model]
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", vmin=low, vmax=high)
@@ -51,14 +72,29 @@ def heatmap_figure(summary: pd.DataFrame, params: Params, metric: str, title: st
             for j, activation in enumerate(activations):
                 cell = cell_name(model, optimizer, activation)
                 text = fmt_value(by_cell.loc[cell], metric, 3).replace(" [", "\n[").replace(" (", "\n(")
-                dark = np.isfinite(grid[i, j]) and grid[i, j] < middle
+                if np.isfinite(grid[i, j]) and grid[i, j] < low:
+                    text += "\nbelow scale"
+                    below = True
+                dark = np.isfinite(grid[i, j]) and low <= grid[i, j] < middle
                 ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
-                if cell == best:
-                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5))
+                if cell in outlined:
+                    width = 3.0 if cell == best else 2.0
+                    ax.add_patch(
+                        plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=width)
+                    )
         if len(labels) > 1:
             ax.set_title(label)
-    fig.colorbar(image, ax=axes[0].tolist(), label=metric)
-    fig.suptitle(title)
+    what = metric.replace("_", " ")
+    fig.colorbar(
+        image, ax=axes[0].tolist(), label=f"{what}: mean over seeds", extend="min" if below else "neither"
+    )
+    tied = (
+        "red boxes: the best cell and the cells tied with it"
+        if len(outlined) > 1
+        else "red box: the best cell"
+    )
+    note = f"{tied}; [ ]: 95 % interval over seeds" + ("; grey: below the colour scale" if below else "")
+    fig.suptitle(f"{title}\n{note}", fontsize=10)
     return fig
 
 
@@ -67,7 +103,7 @@ def curves_figure(
 ) -> Any:
     """Validation accuracy and loss (a row each, per architecture), a panel per activation and a
     line per optimizer (`panel_label` "activation"), or the other way round ("optimizer").
-    Seeds give a mean with a ±1 std band."""
+    Seeds give a mean with a ±1 std band (the title says so)."""
     plt = pyplot()
     labels = params.architectures()
     by_activation = panel_label == "activation"
@@ -113,26 +149,43 @@ def curves_figure(
 
 def forest_figure(summary: pd.DataFrame, analysis: Analysis, title: str) -> Any:
     """Cells sorted by mean test accuracy, one 95 % interval bar each (a dot for one seed), the
-    best and the cells tied with it in another colour, the best's interval shaded across."""
+    best and the cells tied with it in another colour, the best's interval shaded across. The
+    axis spans the intervals that matter (`scale_floor`); a cell far below is drawn at the left
+    edge as an arrow, with its value written."""
     plt = pyplot()
     ranked = summary[summary["test_accuracy"].notna()].sort_values("test_accuracy", kind="stable")
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.38 * max(len(ranked), 1)), layout="constrained")
     group = analysis.group if analysis.seeds > 1 else set()
+    floor = scale_floor(ranked["test_accuracy"].to_numpy(dtype=float))
+    kept = ranked[ranked["test_accuracy"] >= floor]
+    lows = kept["test_accuracy_low"].fillna(kept["test_accuracy"])
+    highs = kept["test_accuracy_high"].fillna(kept["test_accuracy"])
+    left, right = (float(lows.min()), float(highs.max())) if len(kept) else (0.0, 1.0)
+    pad = max(right - left, 0.01) * 0.08
+    left, right = left - pad, right + pad
     for y, (_, record) in enumerate(ranked.iterrows()):
         mean = float(record["test_accuracy"])
         low, high = record["test_accuracy_low"], record["test_accuracy_high"]
         color = "tab:red" if record["cell"] in group else "tab:gray"
+        if mean < left:  # far below the rest: at the edge, with its value
+            ax.plot([left], [y], "<", color=color, ms=8, clip_on=False)
+            shown = f"{mean:.3f}" + ("" if pd.isna(low) else f" [{low:.3f}, {high:.3f}]")
+            ax.annotate(shown, (left, y), xytext=(8, 0), textcoords="offset points", va="center", fontsize=8)
+            continue
         if not pd.isna(low):
-            ax.plot([low, high], [y, y], color=color, lw=2.5, solid_capstyle="butt")
+            ax.plot([max(low, left), min(high, right)], [y, y], color=color, lw=2.5, solid_capstyle="butt")
         ax.plot([mean], [y], "o", color=color, ms=6)
     if analysis.best is not None:
         best = summary.set_index("cell").loc[analysis.best]
         if not pd.isna(best["test_accuracy_low"]):
             ax.axvspan(best["test_accuracy_low"], best["test_accuracy_high"], color="tab:red", alpha=0.08)
+    ax.set_xlim(left, right)
     ax.set_yticks(range(len(ranked)), list(ranked["cell"]))
     ax.set_xlabel("test accuracy: mean over seeds, 95 % interval")
     ax.grid(axis="x", alpha=0.3)
     label = "red: the best and the cells tied with it" if group else "one seed: no intervals, no ties tested"
+    if len(kept) < len(ranked):
+        label += "; ◀ at the edge: far below the others, value written"
     ax.set_title(f"{title}\n{label}", fontsize=10)
     return fig
 

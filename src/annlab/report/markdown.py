@@ -60,19 +60,22 @@ def comparison_markdown(
     parts += ["", "## Tuning", "", *tuned.tuning_section(params, trials)]
     if (champion := champion_entry(rows, summary)) is not None:
         parts += ["", "## The model in use", "", champion_text(champion)]
-    parts += [
-        "",
-        "## Architectures",
-        "",
-        "Best mean test accuracy over the activations, per optimizer (ranked as the leaderboard"
-        " ranks), with the activation that reached it; and each network's parameter count.",
-        "",
-        architectures_table(summary, params, analysis.group if analysis.seeds > 1 else set()),
-    ]
+    if len(params.grid.model) > 1:  # with one architecture the table repeats the pivots below
+        parts += [
+            "",
+            "## Architectures",
+            "",
+            "Best mean test accuracy over the activations, per optimizer (ranked as the leaderboard"
+            " ranks), with the activation that reached it; and each network's parameter count.",
+            "",
+            architectures_table(summary, params, analysis.group if analysis.seeds > 1 else set()),
+        ]
     bold = analysis.group if analysis.seeds > 1 else None
     for pivot in PIVOTS:
         parts += ["", f"## {pivot.title}", "", *pivot_section(summary, params, pivot, bold)]
     parts += ["", "## Leaderboard", "", leaderboard(summary, analysis)]
+    if analysis.seeds > 1:
+        parts += ["", LEADERBOARD_NOTE]
     if analysis.effects:
         parts += ["", "## Main effects", "", *main_effects_section(analysis)]
     if best_evaluation is not None and analysis.best is not None:
@@ -262,7 +265,7 @@ def sentences(summary: pd.DataFrame, analysis: Analysis, params: Params) -> list
 
 def effect_sentence(factor: str, effect: conf.Effect) -> str:
     """One factor's main effect in words, e.g. "Averaged over the other factors, adam beats sgd
-    by 9.20 points [7.10, 11.30] (adjusted p = 0.001); adam and rmsprop are tied (p = 0.41)."."""
+    by 9.20 [7.10, 11.30] points (adjusted p = 0.001); adam and rmsprop are tied (adjusted p = 0.410)."."""
     others = "the other factors"
     clauses = []
     for (a, b), (comparison, p) in effect.pairs.items():
@@ -317,6 +320,17 @@ def main_effects_section(analysis: Analysis) -> list[str]:
     return parts
 
 
+# Beside the leaderboard: why a cell's interval can exclude 0 while its verdict is `tied`.
+LEADERBOARD_NOTE = (
+    "Δ to best is in percentage points (0.72 means 0.72 % of the test samples). Its interval is"
+    " each cell's own 95 % interval, not adjusted for the number of cells compared; the verdict"
+    " comes from the paired tests Holm-adjusted over every comparison with the best. An interval"
+    " can therefore exclude 0 while the verdict is `tied`: the adjusted test asks for more"
+    " evidence than one interval does, so that comparing many cells does not turn seed noise"
+    " into a difference. The verdict is the one to act on."
+)
+
+
 def _interval_text(i: conf.Interval) -> str:
     return f"{i.mean:.4f}" if i.n < 2 else f"{i.mean:.4f} [{i.low:.4f}, {i.high:.4f}]"
 
@@ -339,7 +353,11 @@ def method_note(params: Params, rows: pd.DataFrame, analysis: Analysis) -> list[
         " per-seed differences over the seeds where both runs finished (`pairs`), their mean and"
         f" t-interval, a two-sided paired t-test (scipy.stats.ttest_rel), Holm-adjusted over the"
         f" {max(cells - 1, 0)} comparisons; `tied` when the adjusted p ≥ 0.05. Equal differences:"
-        " none means p = 1, a constant one p = 0; a cell all of whose runs diverged is `worse`.",
+        " none means p = 1, a constant one p = 0; a cell all of whose runs diverged is `worse`."
+        " Differences are in percentage points. Their intervals are left unadjusted, as the"
+        " cells' own are, and the verdicts alone are adjusted: simultaneous intervals would be"
+        " wider than any single comparison needs, and the leaderboard says next to the table"
+        " why the two can disagree.",
         "- Main effects: for each factor with two levels or more, each level's per-seed mean over"
         " the other factors' cells (a diverged run is left out of its seed's mean), compared pair by"
         " pair the same way, Holm-adjusted within the factor.",

@@ -108,7 +108,9 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             record[metric] = np.nan if mean is None else mean
             record[f"{metric}_std"] = np.nan if std is None else std
             proportion = "accuracy" in metric or metric.startswith(("macro_", "weighted_"))
-            bounds = conf.PROPORTION if proportion else (0.0, math.inf)  # losses, epochs
+            bounds = conf.PROPORTION if proportion else (0.0, math.inf)  # losses
+            if metric in INT_COLUMNS:  # an epoch lies between the first and the last one run
+                bounds = (1.0, float(group["epochs_run"].max()))
             interval = conf.t_interval(values, bounds=bounds)  # type: ignore[arg-type]
             two = interval is not None and interval.n > 1
             record[f"{metric}_low"] = interval.low if two else np.nan  # type: ignore[union-attr]
@@ -368,7 +370,7 @@ def single_runs(rows: pd.DataFrame) -> str:
 
 def per_class_table(evaluation: dict[str, Any]) -> str:
     """A cell's precision, recall and F1 per class (means over the seeds that did not diverge),
-    with the test samples of the class summed over seeds."""
+    with the test samples of the class summed over those seeds (the header says so)."""
     seeds = [s for s in evaluation["seeds"] if not s["diverged"]]
     table = []
     for i, name in enumerate(evaluation["class_names"]):
@@ -376,7 +378,8 @@ def per_class_table(evaluation: dict[str, Any]) -> str:
         record = {"class": markdown_text(name)}
         for key in ("precision", "recall", "f1"):
             record[key] = f"{np.mean([e[key] for e in entries]):.4f}" if entries else "–"
-        record["test samples"] = str(sum(e["support"] for e in entries))
+        pooled = f"test samples (summed over {len(seeds)} seeds)" if len(seeds) > 1 else "test samples"
+        record[pooled] = str(sum(e["support"] for e in entries))
         table.append(record)
     return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
 
@@ -456,7 +459,9 @@ def summary_metrics(rows: pd.DataFrame) -> dict[str, Any]:
     analysis = analyze(rows)
     out["tied_with_best"] = analysis.tied
     out["verdicts"] = {cell: v.verdict for cell, v in analysis.verdicts.items()}
-    out["best_levels"] = best_levels(analysis)
+    # A main effect's best level (averaged over the other factors), not the best cell's: the
+    # two can differ, and the key says which.
+    out["best_main_effect_levels"] = best_levels(analysis)
     # Per architecture (`dvc metrics show` flattens it to by_model.<model>.best_test_accuracy).
     by_model: dict[str, Any] = {}
     for model, cells in summary.groupby("model", sort=False):

@@ -13,26 +13,34 @@ from annlab.params import load_params
 from annlab.report import metrics
 
 
-def predictions_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> str:
-    """One row per test sample, in the shape `dvc plots` wants for a confusion matrix (class
-    names quoted where a comma or quote in them needs it)."""
+def predictions_csv(
+    seeds: list[int], y_true: list[np.ndarray], probs: list[np.ndarray], class_names: list[str]
+) -> str:
+    """One row per test sample of each seed: the seed, the actual and predicted class (the shape
+    `dvc plots` wants for a confusion matrix) and each class's predicted probability (6
+    significant digits); class names quoted where a comma or quote in them needs it."""
     import csv
     import io as stdio
 
     text = stdio.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["actual", "predicted"])
-    writer.writerows((class_names[t], class_names[p]) for t, p in zip(y_true, y_pred, strict=True))
+    writer.writerow(["seed", "actual", "predicted", *(f"p({name})" for name in class_names)])
+    for seed, truth, p in zip(seeds, y_true, probs, strict=True):
+        for t, row in zip(truth, p, strict=True):
+            writer.writerow(
+                [seed, class_names[t], class_names[int(row.argmax())], *(f"{float(v):.6g}" for v in row)]
+            )
     return text.getvalue()
 
 
 def evaluate_cell(model_dir: Path, data_dir: Path, names: list[str]) -> dict:
     """Test one cell's model of each seed on that seed's test split: per-seed metrics, the
-    summed confusion matrix and every (actual, predicted) pair."""
+    summed confusion matrix and every test sample's prediction."""
     from annlab.train.model import load_model, probabilities
 
     seeds: list[dict[str, Any]] = []
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+    tested: list[int] = []
     actual: list[np.ndarray] = []
     predicted: list[np.ndarray] = []
     for seed_dir in io.by_seed(d for d in model_dir.iterdir() if d.is_dir()).values():
@@ -55,17 +63,16 @@ def evaluate_cell(model_dir: Path, data_dir: Path, names: list[str]) -> dict:
             scalars, report = metrics.evaluate(y_test, probs, meta["loss"], names)
             entry.update(scalars, classes=report["classes"], confusion_matrix=report["confusion_matrix"])
             confusion += np.asarray(report["confusion_matrix"])
+            tested.append(int(meta["seed"]))
             actual.append(y_test)
-            predicted.append(probs.argmax(axis=1))
+            predicted.append(probs)
         seeds.append(entry)
     if not seeds:
         raise UserError(f"{model_dir}: no seed-<n> folders; run the train stage first")
-    y_true = np.concatenate(actual) if actual else np.empty(0, dtype=np.int64)
-    y_pred = np.concatenate(predicted) if predicted else np.empty(0, dtype=np.int64)
     return {
         "summary": metrics.cell_summary(seeds),
         "report": {"class_names": names, "confusion_matrix": confusion.tolist(), "seeds": seeds},
-        "predictions": predictions_csv(y_true, y_pred, names),
+        "predictions": predictions_csv(tested, actual, predicted, names),
     }
 
 

@@ -67,13 +67,17 @@ def draw_cell(cell: Cell, params: Params, history_dir: Path, report: dict[str, A
     diverged = [str(s["seed"]) for s in report["seeds"] if s["diverged"]]
     title = (
         f"{cell.name} ({params.data.label}, {params.architectures()[cell.model]}"
-        + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "")
+        + (f", mean over {len(seeds)} seeds, shaded ±1 std" if len(seeds) > 1 else "")
         + ")"
         + (f", diverged: seed {', '.join(diverged)}" if diverged else "")
     )
     folder = out / cell.name
     figures.save(curves_figure(figures.read_histories(history_dir), title), folder / "curves.png")
-    figures.save(confusion_figure(report, f"Confusion matrix: {cell.name}"), folder / "confusion_matrix.png")
+    tested = len(seeds) - len(diverged)
+    pooled = f" (test samples summed over {tested} seeds)" if tested > 1 else ""
+    figures.save(
+        confusion_figure(report, f"Confusion matrix: {cell.name}{pooled}"), folder / "confusion_matrix.png"
+    )
     return f"plot: {cell.name} -> curves.png, confusion_matrix.png"
 
 

@@ -191,24 +191,15 @@ def write_report(
 
     data_name = params.data.label
     summary = rep.summarize(rows)
-    figures.save(
-        charts.heatmap_figure(summary, params, "test_accuracy", f"Test accuracy ({data_name})"), args.heatmap
-    )
-    figures.save(
-        charts.forest_figure(summary, rep.analyze(rows), f"Test accuracy ({data_name})"), args.forest
-    )
-    figures.save(
-        charts.curves_figure(
-            histories, params, "activation", f"Validation curves, one panel per activation ({data_name})"
-        ),
-        args.curves_by_activation,
-    )
-    figures.save(
-        charts.curves_figure(
-            histories, params, "optimizer", f"Validation curves, one panel per optimizer ({data_name})"
-        ),
-        args.curves_by_optimizer,
-    )
+    analysis = rep.analyze(rows)
+    group = analysis.group if analysis.seeds > 1 else set()
+    title = f"Test accuracy ({data_name})"
+    figures.save(charts.heatmap_figure(summary, params, "test_accuracy", title, group), args.heatmap)
+    figures.save(charts.forest_figure(summary, analysis, title), args.forest)
+    band = ", mean over seeds, shaded ±1 std" if params.seeds and len(params.seeds) > 1 else ""
+    for panel, path in (("activation", args.curves_by_activation), ("optimizer", args.curves_by_optimizer)):
+        curves = f"Validation curves, one panel per {panel} ({data_name}{band})"
+        figures.save(charts.curves_figure(histories, params, panel, curves), path)
     if args.learning_rates:
         figures.save(
             charts.learning_rate_figure(trials, params, f"Learning rates tried ({data_name})"),
