@@ -47,8 +47,9 @@ def test_images_are_taken_as_the_dataset_has_them(images: Predictor) -> None:
     ("x", "message"),
     [
         (
-            np.zeros((3, 64)),
-            "got an array of shape (3, 64); expected an array of shape (n, 8, 8) of pixel values",
+            np.zeros((3, 65)),
+            "got an array of shape (3, 65); expected an array of shape (n, 8, 8) of pixel values, or"
+            " flat rows (n, 64)",
         ),
         (np.zeros((3, 8, 7)), "got an array of shape (3, 8, 7)"),
         (np.array([["a"] * 8] * 8), "got values of type <U1"),
