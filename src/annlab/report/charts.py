@@ -13,16 +13,19 @@ from annlab.report.figures import LOG_SCALE_ABOVE, largest_finite, plot_band, py
 from annlab.report.tables import Analysis, best_cell, fmt_value
 
 
-def scale_floor(values: np.ndarray) -> float:
+def scale_floor(values: np.ndarray, keep: np.ndarray | None = None) -> float:
     """The low end of a scale for `values` that far outliers below do not set: the smallest value
-    above Tukey's lower fence (Q1 − 1.5 IQR). One diverged or failed cell then takes the colour
-    (or the edge) for "below", and the differences among the others stay visible."""
+    above Tukey's lower fence (Q1 − 1.5 IQR), and never above the smallest of `keep` (the best
+    cell and those tied with it stay on the scale). One failed cell then takes the colour (or
+    the edge) for "below", and the differences among the others stay visible."""
     finite = values[np.isfinite(values)]
     if finite.size < 4:
         return float(finite.min()) if finite.size else 0.0
     q1, q3 = np.percentile(finite, [25, 75])
     fence = q1 - 1.5 * (q3 - q1)
-    return float(finite[finite >= fence].min())
+    floor = float(finite[finite >= fence].min())
+    kept = keep[np.isfinite(keep)] if keep is not None else np.empty(0)
+    return min(floor, float(kept.min())) if kept.size else floor
 
 
 def heatmap_figure(
@@ -46,7 +49,10 @@ def heatmap_figure(
     }
     every = np.concatenate([g.ravel() for g in grids.values()])
     finite = every[np.isfinite(every)]
-    low, high = (scale_floor(every), float(finite.max())) if finite.size else (0.0, 1.0)
+    best = best_cell(summary)
+    outlined = set(group or ()) | ({best} if best else set())
+    kept = np.array([by_cell.loc[c, metric] for c in outlined], dtype=float)
+    low, high = (scale_floor(every, kept), float(finite.max())) if finite.size else (0.0, 1.0)
     if high <= low:
         low, high = low - 0.005, high + 0.005
     middle = (low + high) / 2
@@ -58,8 +64,6 @@ def heatmap_figure(
         layout="constrained",
     )
     cmap = plt.get_cmap("viridis").with_extremes(bad="white", under="lightgrey")
-    best = best_cell(summary)
-    outlined = set(group or ()) | ({best} if best else set())
     below = False
     for ax, (model, label) in zip(axes[0], labels.items(), strict=True):
         grid = grids[model]
@@ -88,13 +92,9 @@ def heatmap_figure(
     fig.colorbar(
         image, ax=axes[0].tolist(), label=f"{what}: mean over seeds", extend="min" if below else "neither"
     )
-    tied = (
-        "red boxes: the best cell and the cells tied with it"
-        if len(outlined) > 1
-        else "red box: the best cell"
-    )
-    note = f"{tied}; [ ]: 95 % interval over seeds" + ("; grey: below the colour scale" if below else "")
-    fig.suptitle(f"{title}\n{note}", fontsize=10)
+    tied = "red boxes: the best and the cells tied with it" if len(outlined) > 1 else "red box: the best cell"
+    note = f"{tied}\n[ ]: 95 % interval over seeds" + ("; grey: below the colour scale" if below else "")
+    fig.suptitle(f"{title}\n{note}", fontsize=9)
     return fig
 
 
@@ -156,7 +156,10 @@ def forest_figure(summary: pd.DataFrame, analysis: Analysis, title: str) -> Any:
     ranked = summary[summary["test_accuracy"].notna()].sort_values("test_accuracy", kind="stable")
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.38 * max(len(ranked), 1)), layout="constrained")
     group = analysis.group if analysis.seeds > 1 else set()
-    floor = scale_floor(ranked["test_accuracy"].to_numpy(dtype=float))
+    tied = ranked[ranked["cell"].isin(group | ({analysis.best} if analysis.best else set()))]
+    floor = scale_floor(
+        ranked["test_accuracy"].to_numpy(dtype=float), tied["test_accuracy"].to_numpy(dtype=float)
+    )
     kept = ranked[ranked["test_accuracy"] >= floor]
     lows = kept["test_accuracy_low"].fillna(kept["test_accuracy"])
     highs = kept["test_accuracy_high"].fillna(kept["test_accuracy"])
