@@ -92,7 +92,8 @@ ui: venv ## Serve the MLflow UI on 127.0.0.1:$(PORT) over the project's store
 	mlflow ui --backend-store-uri "$(TRACKING_URI)" --host 127.0.0.1 --port $(PORT)
 
 serve: venv ## Serve a model on 127.0.0.1:$(PORT) for raw inputs (MODEL, default models:/annlab-<dataset>@champion)
-	MLFLOW_TRACKING_URI="$(TRACKING_URI)" mlflow models serve -m "$(or $(MODEL),$$(annlab champion))" \
+	@model="$(or $(MODEL),$$(annlab champion))" && echo "serving $$model" && \
+	MLFLOW_TRACKING_URI="$(TRACKING_URI)" mlflow models serve -m "$$model" \
 		--host 127.0.0.1 --port $(PORT) --env-manager local
 
 server: venv ## A shared MLflow tracking server (127.0.0.1:5000; HOST, PORT): database backend, proxied artifacts

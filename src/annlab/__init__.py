@@ -17,18 +17,21 @@ __version__ = "0.1.0"
 _NOTICES = (b"oneDNN custom operations are on", b"All log messages before absl::InitializeLog()")
 
 
+def _filter_line(line: bytes, quiet: bool, seen: set[bytes]) -> bytes:
+    """`line` as passed on: b"" for a notice already passed on (or any, when `quiet`)."""
+    notice = next((n for n in _NOTICES if n in line), None)
+    if notice is None:
+        return line
+    if quiet or notice in seen:
+        return b""
+    seen.add(notice)
+    return line
+
+
 def filter_tf_notices(text: bytes, quiet: bool) -> bytes:
     """TensorFlow's import-time stderr with each notice kept once (`quiet`: dropped)."""
     seen: set[bytes] = set()
-    kept = []
-    for line in text.splitlines(keepends=True):
-        notice = next((n for n in _NOTICES if n in line), None)
-        if notice is not None:
-            if quiet or notice in seen:
-                continue
-            seen.add(notice)
-        kept.append(line)
-    return b"".join(kept)
+    return b"".join(_filter_line(line, quiet, seen) for line in text.splitlines(keepends=True))
 
 
 class _QuietTensorFlow(importlib.abc.MetaPathFinder):
@@ -63,21 +66,31 @@ class _QuietLoader(importlib.abc.Loader):
         try:
             sys.stderr.flush()
             saved = os.dup(2)
-        except (OSError, ValueError):  # no usable stderr: load as usual
+            read_end, write_end = os.pipe()
+        except (OSError, ValueError, AttributeError):  # no usable stderr: load as usual
             self.loader.exec_module(module)
             return
-        import tempfile
+        import threading
 
-        with tempfile.TemporaryFile() as caught:
-            os.dup2(caught.fileno(), 2)
-            try:
-                self.loader.exec_module(module)
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                os.close(saved)
-                caught.seek(0)
-                os.write(2, filter_tf_notices(caught.read(), quiet))
+        def forward() -> None:  # line by line as they come, so a crash loses nothing printed
+            seen: set[bytes] = set()
+            with os.fdopen(read_end, "rb") as lines:
+                for line in lines:
+                    kept = _filter_line(line, quiet, seen)
+                    while kept:
+                        kept = kept[os.write(saved, kept) :]
+
+        reader = threading.Thread(target=forward, name="annlab-tf-stderr", daemon=True)
+        reader.start()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        try:
+            self.loader.exec_module(module)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees its end
+            reader.join(timeout=10)
+            os.close(saved)
 
 
 if "tensorflow" not in sys.modules:

@@ -80,3 +80,36 @@ def test_a_model_saved_before_ranges_were_kept_gives_no_warning() -> None:
     predictor = digits_predictor()
     del predictor.preprocessing["range"]
     assert predictor.input_warnings(load_digits().images / 16.0) == []
+
+
+def test_a_table_model_checks_its_inputs_through_the_predictor() -> None:
+    rng = np.random.default_rng(1)
+    train = pd.DataFrame({"age": rng.uniform(20, 60, 200), "town": rng.choice(["a", "b"], 200)})
+    state = features.fit_table(train, ["age"], ["town"], "standard")
+    dataset = {"kind": "table", "input_shape": None, "class_names": ["no", "yes"], "target": "y"}
+    predictor = served.Predictor(None, state, dataset)
+    assert predictor.input_warnings(train.head(50)) == []
+    (line,) = predictor.input_warnings(train.head(50).assign(town="zeta"))
+    assert "'zeta' never seen in training" in line
+    assert predictor.input_warnings(train.head(0)) == []  # no rows: nothing to warn about
+
+
+def test_a_constant_training_column_and_empty_inputs_give_no_false_warning() -> None:
+    train = pd.DataFrame({"flag": [5.0] * 100, "age": np.linspace(20, 60, 100)})
+    state = features.fit_table(train, ["flag", "age"], [], "none")
+    assert features.input_warnings(state, train.head(30)) == []
+    (line,) = features.input_warnings(state, train.head(30).assign(flag=50.0))
+    assert line.startswith("column 'flag': ")
+    assert digits_predictor().input_warnings(np.zeros((0, 64))) == []
+
+
+def test_a_pixel_csv_written_by_pandas_keeps_its_header_out_of_the_rows(tmp_path: Path) -> None:
+    predictor, bunch = digits_predictor(), load_digits()
+    pd.DataFrame(bunch.data[:3]).to_csv(tmp_path / "pandas.csv", index=False)  # header 0,1,...,63
+    x, _ = served.read_inputs(tmp_path / "pandas.csv", predictor)
+    assert np.array_equal(x, bunch.data[:3])
+    rows = bunch.data[:3].astype(object)
+    rows[0, 0] = ""  # an empty first cell is a missing pixel, not a header
+    pd.DataFrame(rows).to_csv(tmp_path / "gap.csv", index=False, header=False)
+    with pytest.raises(served.InputError, match=r"row 1, column 1: '' is not a number"):
+        served.read_inputs(tmp_path / "gap.csv", predictor)

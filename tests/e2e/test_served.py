@@ -293,7 +293,10 @@ def test_the_served_champion_answers_like_predict_and_refuses_bad_requests(train
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
     log = server.stderr.read().decode() if server.stderr else ""
-    assert log.count("inputs unlike the training data") == (0 if local.is_table else 1), log[-3000:]
+    # One warning per request whose inputs look unlike the training data: the good body (sent
+    # twice) if its rows lie outside the model's training ranges, and the scaled pixels.
+    expected = 2 * bool(local.input_warnings(rows)) + (0 if local.is_table else 1)
+    assert log.count("inputs unlike the training data") == expected, log[-3000:]
 
 
 SERVE_ARGS = ["models", "serve", "--host", "127.0.0.1", "--env-manager", "local", "-m"]
@@ -301,7 +304,9 @@ SERVE_ARGS = ["models", "serve", "--host", "127.0.0.1", "--env-manager", "local"
 
 def test_make_serve_runs_this_command(trained: dict[str, Any]) -> None:
     recipe = (REPO / "Makefile").read_text().split("\nserve:")[1].split("\n\n")[0]
-    assert 'mlflow models serve -m "$(or $(MODEL),$$(annlab champion))"' in recipe
+    # MODEL, or the dataset's champion; a failing `annlab champion` (a bad params.yaml) stops it.
+    assert '@model="$(or $(MODEL),$$(annlab champion))" && ' in recipe
+    assert 'mlflow models serve -m "$$model"' in recipe
     assert "--host 127.0.0.1 --port $(PORT) --env-manager local" in recipe
     assert "\nMODEL ?=\n" in (REPO / "Makefile").read_text()
     # What `annlab champion` gives make serve: the champion of the workspace's dataset.
@@ -338,6 +343,12 @@ def test_predict_takes_inputs_as_users_hold_them_and_warns_when_unlike_training(
         assert "pixels look scaled to 0-1; the model was trained on 0-16" in line and "scaled.npy" in line
     else:
         rows = real_table("wine").drop(columns=["species"]).head(40)
+        # In range: each number clipped to what the champion's training split held.
+        version = _client(store).get_model_version_by_alias(trained["name"], "champion")
+        folder = repo / f"models/{version.tags['annlab.cell']}/seed-{version.tags['annlab.seed']}"
+        numeric = json.loads((folder / "preprocessing.json").read_text())["numeric"]
+        for name, (low, high) in zip(numeric["columns"], numeric["range"], strict=True):
+            rows[name] = rows[name].clip(low, high)
         rows.to_csv(repo / "same.csv", index=False)
         assert warnings(predict("same.csv")) == []
         far = rows.assign(alcohol=rows["alcohol"] * 100)

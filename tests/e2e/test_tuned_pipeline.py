@@ -146,6 +146,7 @@ def test_adding_a_seed_trains_no_more_trials(tuned: dict) -> None:
         # model.keras zips its write time, so the weights are compared through the history above.
         for name in ("preprocessing.json", "model_summary.txt", "timing.json"):
             assert after[name] == model_before[cell][name]
+        assert after["dataset.json"] == (repo / "data/processed/dataset.json").read_bytes()  # this grid's
         meta = json.loads(after["meta.json"])
         assert meta["data_digest"] != json.loads(model_before[cell]["meta.json"])["data_digest"]
     # The report stage checked each run's keys against this grid's data (track/filing.py), and

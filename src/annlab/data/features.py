@@ -115,8 +115,9 @@ UNIT_SCALE_TRAINED = 2.0
 
 
 def _outside(values: np.ndarray, low: float, high: float) -> float:
-    """The share of `values` beyond [low, high] by more than OUTSIDE_MARGIN of its width."""
-    margin = OUTSIDE_MARGIN * (high - low)
+    """The share of `values` beyond [low, high] by more than OUTSIDE_MARGIN of its width (of
+    the values' size where training saw one value only)."""
+    margin = OUTSIDE_MARGIN * ((high - low) or max(abs(low), abs(high)))
     return float(((values < low - margin) | (values > high + margin)).mean()) if values.size else 0.0
 
 
@@ -124,6 +125,8 @@ def input_warnings(state: dict[str, Any], x: Any, images: bool = True) -> list[s
     """One line per way raw inputs (`x`: rows as `transform` takes them) look unlike the training
     data; the prediction still comes out. [] for a state fitted before annlab kept its ranges.
     `images`: whether an array's rows are images (the 0-1 check is for pixels only)."""
+    if len(x) == 0:
+        return []
     if state["kind"] == "array":
         if not state.get("range"):
             return []

@@ -166,11 +166,13 @@ def forest_figure(summary: pd.DataFrame, analysis: Analysis, title: str) -> Any:
     left, right = (float(lows.min()), float(highs.max())) if len(kept) else (0.0, 1.0)
     pad = max(right - left, 0.01) * 0.08
     left, right = left - pad, right + pad
+    at_edge = False
     for y, (_, record) in enumerate(ranked.iterrows()):
         mean = float(record["test_accuracy"])
         low, high = record["test_accuracy_low"], record["test_accuracy_high"]
         color = "tab:red" if record["cell"] in group else "tab:gray"
         if mean < left:  # far below the rest: at the edge, with its value
+            at_edge = True
             ax.plot([left], [y], "<", color=color, ms=8, clip_on=False)
             shown = f"{mean:.3f}" + ("" if pd.isna(low) else f" [{low:.3f}, {high:.3f}]")
             ax.annotate(shown, (left, y), xytext=(8, 0), textcoords="offset points", va="center", fontsize=8)
@@ -187,7 +189,7 @@ def forest_figure(summary: pd.DataFrame, analysis: Analysis, title: str) -> Any:
     ax.set_xlabel("test accuracy: mean over seeds, 95 % interval")
     ax.grid(axis="x", alpha=0.3)
     label = "red: the best and the cells tied with it" if group else "one seed: no intervals, no ties tested"
-    if len(kept) < len(ranked):
+    if at_edge:
         label += "; ◀ at the edge: far below the others, value written"
     ax.set_title(f"{title}\n{label}", fontsize=10)
     return fig

@@ -115,7 +115,9 @@ class Predictor:
         outside the training range, pixels scaled otherwise, unseen categories); [] for a model
         trained before annlab kept its ranges."""
         raw = self._table(x) if self.is_table else self._array(x)
-        return features.input_warnings(self.preprocessing, raw, images=len(self.shape) > 1)
+        return features.input_warnings(
+            self.preprocessing, raw, images=not self.is_table and len(self.shape) > 1
+        )
 
     def probabilities(self, x: Any) -> np.ndarray:
         """Each input's class probabilities, columns in `class_names` order."""
@@ -274,7 +276,11 @@ def _pixel_rows(path: Path, predictor: Predictor) -> tuple[np.ndarray, np.ndarra
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise UserError(f"{path}: not a CSV of pixel rows ({exc})") from None
     labels = None
-    if len(frame) and pd.to_numeric(frame.iloc[0], errors="coerce").isna().any():  # a header row
+    first = frame.iloc[0].str.strip() if len(frame) else pd.Series(dtype=str)
+    numbers = pd.to_numeric(first, errors="coerce")
+    # A header: a name that is no number, or pandas' own 0, 1, 2, ... (`to_csv` of a bare array).
+    named = (numbers.isna() & (first != "")).any()
+    if len(frame) and (named or numbers.tolist() == list(range(len(first)))):
         frame.columns = [str(c).strip() for c in frame.iloc[0]]
         frame = frame.iloc[1:].reset_index(drop=True)
         label = next((c for c in frame.columns if c.lower() in LABEL_COLUMNS), None)

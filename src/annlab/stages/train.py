@@ -393,6 +393,7 @@ def reuse_trials(
             (model_dir / relpath).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cached, model_dir / relpath)
     shutil.copyfile(found[Path(run.outs["history"])][f"{name}.csv"], history_dir / f"{name}.csv")
+    shutil.copy(run.data / "dataset.json", seed_dir / "dataset.json")  # this grid's, as a new run's
     logged = tracking.cell_params(
         run.base.with_learning_rate(run.optimizer, rate), run.model_type, run.optimizer, run.activation, seed
     )

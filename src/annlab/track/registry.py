@@ -144,13 +144,14 @@ def champion_policy(client: Any, name: str, new: Any) -> tuple[bool, str]:
         return False, f"stays version {current.version}"
     old_data = (current.tags.get(tracking.DATASET_TAG), current.tags.get(RAW_DIGEST_TAG))
     new_data = (new.tags.get(tracking.DATASET_TAG), new.tags.get(RAW_DIGEST_TAG))
-    if old_data[0] != new_data[0]:
+    if old_data[0] is not None and old_data[0] != new_data[0]:
         own = default_model_name(str(new_data[0]))
         return False, (
             f"stays version {current.version}: it was trained on {old_data[0]}, this grid is on"
             f" {new_data[0]}, and a model of other data is another model, not a better one; to put"
-            f" this grid's models in use, register them under their own name: set"
-            f" mlflow.registered_model to null (it then registers as {own}) or to a name of its own"
+            f" this grid's models in use, register them under a name of their own: set"
+            f" mlflow.registered_model to one (null registers each dataset as annlab-<dataset>,"
+            f" here {own})"
         )
     if old_data != new_data:
         return True, (

@@ -29,11 +29,14 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
+TRIAL_FILES = ("x_train.npy", "y_train.npy", "x_val.npy", "y_val.npy", "preprocessing.json")
+
+
 def split_digest(split: Path) -> str:
-    """SHA-256 of one split's files (not the per-seed folders beside them, nor dataset.json,
-    whose list of split seeds grows with the grid)."""
+    """SHA-256 of what a trial reads of one split: its training and validation arrays and the
+    preprocessing fitted on them (not the test split, which plays no part in the choice)."""
     h = hashlib.sha256()
-    for path in sorted(p for p in split.iterdir() if p.is_file() and p.name != "dataset.json"):
+    for path in sorted(split / name for name in TRIAL_FILES if (split / name).is_file()):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
