@@ -101,8 +101,7 @@ def predict(argv: list[str] | None) -> None:
     else:
         x, labels = np.concatenate([x for x, _ in parts]), None
     try:
-        warnings = predictor.input_warnings(x)
-        out = predictor.predict(x)
+        out, warnings = predictor.predict_checked(x)
     except served.InputError as exc:
         raise served.InputError(f"{where}: {exc}") from None
     for line in warnings:  # the predictions still come out

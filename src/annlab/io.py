@@ -106,6 +106,14 @@ def load_array(directory: str | Path, name: str) -> np.ndarray:
         raise UserError(f"{path}: holds pickled Python objects, which annlab never loads") from None
 
 
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file as plain data, with PyYAML's C loader (dvc.lock is tens of KB, read on every
+    `make repro` and by each tuned cell)."""
+    import yaml
+
+    return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)
+
+
 def load_npz(path: str | Path, what: str = "a NumPy .npz file") -> dict[str, Any]:
     """Every array of an .npz file, refusing pickled objects (loading them runs code) and
     anything that is not an .npz with one clear UserError naming the file."""

@@ -8,6 +8,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from annlab import io
+
 
 def prune_lock(repo_dir: str | Path = ".", repo: Any = None, index: Any = None) -> list[str]:
     """Drop from dvc.lock the stages that dvc.yaml no longer defines; their names. `index`: the
@@ -34,7 +36,7 @@ def prune_lock(repo_dir: str | Path = ".", repo: Any = None, index: Any = None) 
         stages = (index or repo.index).stages
         live = {stage.name for stage in stages if Path(stage.dvcfile.path) == root / "dvc.yaml"}
         # A fast read first: the round trip that keeps DVC's layout is for when there is work.
-        names = (read_yaml(path) or {}).get("stages", {})
+        names = (io.read_yaml(path) or {}).get("stages", {})
         if all(name in live for name in names):
             return []
         with repo.lock:
@@ -104,11 +106,3 @@ def restore_from_run_cache(repo: Any, stage_name: str, pull: bool = False) -> bo
 def commit_cell(repo: Any, stage_name: str) -> None:
     """Record a cell trained outside DVC as `dvc commit` does: dvc.lock, the cache, the run cache."""
     repo.commit(stage_name, force=True)
-
-
-def read_yaml(path: Path) -> Any:
-    """A YAML file as plain data, with PyYAML's C loader (dvc.lock is tens of KB, read on every
-    `make repro`)."""
-    import yaml
-
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)

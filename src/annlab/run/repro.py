@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from annlab import io
 from annlab.run.cache import (
     commit_cell,
     default_remote,
     prune_lock,
     pull_run_cache,
-    read_yaml,
     restore_from_run_cache,
 )
 
@@ -384,7 +384,7 @@ def early_workers(kind: str, jobs: int, stale: dict[str, Any]) -> Any:
 def around_grid() -> tuple[list[str], list[str]]:
     """The stages dvc.yaml lists before the grid's, and after it (annlab's lists them in the
     order they run)."""
-    order = list(read_yaml(Path("dvc.yaml"))["stages"])
+    order = list(io.read_yaml("dvc.yaml")["stages"])
     at = order.index(GRID_STAGE)
     return order[:at], order[at + 1 :]
 
@@ -394,7 +394,7 @@ def has_grid(dvc_yaml: Path) -> bool:
     import yaml
 
     try:
-        stages = read_yaml(dvc_yaml).get("stages", {})
+        stages = io.read_yaml(dvc_yaml).get("stages", {})
     except (OSError, AttributeError, yaml.YAMLError):
         return False
     return GRID_STAGE in stages and UPSTREAM in stages

@@ -42,12 +42,12 @@ class AnnlabModel(mlflow.pyfunc.PythonModel):
     # No type hints: MLflow would read them as a schema of its own; the signature is the schema.
     def predict(self, context, model_input, params=None):
         try:
-            warnings = self.predictor.input_warnings(model_input)
+            out, warnings = self.predictor.predict_checked(model_input)
             if warnings:  # once per request; the response is unchanged
                 logging.getLogger("annlab").warning(
                     "inputs unlike the training data: %s", "; ".join(warnings)
                 )
-            return self.predictor.predict(model_input)
+            return out
         except UserError as exc:  # the scoring server answers 400 with the message
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
 

@@ -106,31 +106,45 @@ class Predictor:
 
     def prepare(self, x: Any) -> np.ndarray:
         """Raw inputs as the network's float32 features; InputError naming the expected schema."""
-        if self.is_table:
-            return features.transform(self.preprocessing, self._table(x))
-        return features.transform(self.preprocessing, self._array(x))
+        return features.transform(self.preprocessing, self._raw(x))
 
     def input_warnings(self, x: Any) -> list[str]:
         """Where raw inputs look unlike the training data (`features.input_warnings`: values far
         outside the training range, pixels scaled otherwise, unseen categories); [] for a model
         trained before annlab kept its ranges."""
-        raw = self._table(x) if self.is_table else self._array(x)
+        return self._warnings(self._raw(x))
+
+    def probabilities(self, x: Any) -> np.ndarray:
+        """Each input's class probabilities, columns in `class_names` order."""
+        return self._probabilities(self._raw(x))
+
+    def predict(self, x: Any) -> pd.DataFrame:
+        """One row per input: the predicted class name, then each class's probability."""
+        return self._named(self.probabilities(x))
+
+    def predict_checked(self, x: Any) -> tuple[pd.DataFrame, list[str]]:
+        """`predict` and `input_warnings` at once, the inputs read once (predict, the served model)."""
+        raw = self._raw(x)
+        return self._named(self._probabilities(raw)), self._warnings(raw)
+
+    def _raw(self, x: Any) -> Any:
+        """Inputs checked and in the training data's layout: a table's columns, or images."""
+        return self._table(x) if self.is_table else self._array(x)
+
+    def _warnings(self, raw: Any) -> list[str]:
         return features.input_warnings(
             self.preprocessing, raw, images=not self.is_table and len(self.shape) > 1
         )
 
-    def probabilities(self, x: Any) -> np.ndarray:
-        """Each input's class probabilities, columns in `class_names` order."""
+    def _probabilities(self, raw: Any) -> np.ndarray:
         from annlab.train.model import probabilities
 
         # As evaluate predicts (the same call): the same inputs give the same bits.
-        return probabilities(self.model, self.prepare(x))
+        return probabilities(self.model, features.transform(self.preprocessing, raw))
 
-    def predict(self, x: Any) -> pd.DataFrame:
-        """One row per input: the predicted class name, then each class's probability."""
+    def _named(self, probs: np.ndarray) -> pd.DataFrame:
         import pandas as pd
 
-        probs = self.probabilities(x)
         names = np.asarray(self.class_names, dtype=object)
         out = pd.DataFrame({"predicted": names[probs.argmax(axis=1)]})
         for i, name in enumerate(self.class_names):

@@ -344,7 +344,6 @@ def tune_cell(run: CellRun, model_dir: Path, history_dir: Path, tuning_dir: Path
     best = trials[at]
     if best.run_id is not None:  # the chosen trial is the tuning seed's run
         seed_dir = model_dir / seed_name
-        split = io.split_dir(run.data, run.tuning.seed)
         run.link.call(
             tracking.promote_trial,
             best.run_id,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from annlab import io
@@ -215,24 +213,12 @@ def rebuild_run(
     run_id = client.create_run(
         exp_id, run_name=tracking.cell_run_name(cell, seed, params.seeds), tags=tags
     ).info.run_id
-    now = int(time.time() * 1000)
-    history = out.histories[cell][seed]
-    curves = [
-        Metric(column, float(value), now, int(epoch))
-        for column in ("loss", "accuracy", "val_loss", "val_accuracy")
-        for epoch, value in zip(history["epoch"], history[column], strict=True)
-    ]
-    tracking.log_metric_points(run_id, curves)
+    tracking.log_history(run_id, out.histories[cell][seed])
     split = io.split_dir(out.data_dir, seed)
-    arrays = {name: io.load_array(split, name) for name in ("x_train", "y_train", "x_val", "y_val")}
-    splits = {
-        "training": (arrays["x_train"], arrays["y_train"]),
-        "validation": (arrays["x_val"], arrays["y_val"]),
-    }
     logged = tracking.run_params(params, row, meta, seed)
     seed_name = io.seed_name(seed)
     with mlflow.start_run(run_id=run_id):  # ends it FINISHED
-        tracking.log_cell_inputs(logged, grid_id, splits, meta["dataset"])
+        tracking.log_cell_inputs(logged, grid_id, tracking.training_splits(split), meta["dataset"])
         tracking.log_cell_outputs(
             out.models_dir / cell / seed_name,
             out.history_dir / cell / f"{seed_name}.csv",

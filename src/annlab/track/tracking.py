@@ -382,21 +382,8 @@ def log_saved_run(
 
     with start_cell_run(Link(), exp_id, key, name, parent_id, tags):
         run_id = mlflow.active_run().info.run_id
-        history = pd.read_csv(history_csv, float_precision="round_trip")
-        now = int(time.time() * 1000)
-        log_metric_points(
-            run_id,
-            [
-                Metric(column, float(value), now, int(epoch))
-                for column in ("loss", "accuracy", "val_loss", "val_accuracy")
-                for epoch, value in zip(history["epoch"], history[column], strict=True)
-            ],
-        )
-        splits = {
-            part: (io.load_array(split_dir, f"x_{short}"), io.load_array(split_dir, f"y_{short}"))
-            for part, short in (("training", "train"), ("validation", "val"))
-        }
-        log_cell_inputs(logged, tags[GRID_TAG], splits, dataset)
+        log_history(run_id, pd.read_csv(history_csv, float_precision="round_trip"))
+        log_cell_inputs(logged, tags[GRID_TAG], training_splits(split_dir), dataset)
         mlflow.set_tag(
             "mlflow.note.content",
             "Not trained again: adding seeds left the tuning seed's trials as they were, so this"
@@ -404,6 +391,28 @@ def log_saved_run(
         )
         log_cell_outputs(seed_dir, history_csv, split_dir)
     return run_id
+
+
+def log_history(run_id: str, history: Any) -> None:
+    """A run's per-epoch curves from its history (a DataFrame of the history CSV), step = epoch:
+    for a run logged from its files rather than while it trained."""
+    now = int(time.time() * 1000)
+    log_metric_points(
+        run_id,
+        [
+            Metric(column, float(value), now, int(epoch))
+            for column in ("loss", "accuracy", "val_loss", "val_accuracy")
+            for epoch, value in zip(history["epoch"], history[column], strict=True)
+        ],
+    )
+
+
+def training_splits(split_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """A split's training and validation arrays, as `log_cell_inputs` logs them."""
+    return {
+        part: (io.load_array(split_dir, f"x_{short}"), io.load_array(split_dir, f"y_{short}"))
+        for part, short in (("training", "train"), ("validation", "val"))
+    }
 
 
 def log_cell_inputs(

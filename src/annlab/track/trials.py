@@ -73,28 +73,35 @@ def _manifest(cache: Any, out: dict[str, Any]) -> dict[str, Path] | None:
 
 def previous(
     stage: str, tuning_dir: Path, key: str, root: Path = Path(".")
-) -> dict[str, dict[str, Path]] | None:
+) -> dict[Path, dict[str, Path]] | None:
     """The outputs of the stage's last run as dvc.lock records them (out path → its files in DVC's
     cache), when that run's choice.json in `tuning_dir` carries `key` and the cache holds every
-    file; None otherwise (no lock entry, another key, a cache without them, no DVC here)."""
-    import yaml
-
+    file; None otherwise (no lock entry, another key, a cache without them, no DVC here). DVC is
+    imported only when dvc.lock has an entry for the stage with its trials."""
     lock_path = root / "dvc.lock"
     if not lock_path.is_file():
         return None
     try:
+        outs = (io.read_yaml(lock_path) or {}).get("stages", {}).get(stage, {}).get("outs") or []
+        outs = [out for out in outs if "md5" in out]
+        if not any(Path(out["path"]) == Path(tuning_dir) for out in outs):
+            return None
         from dvc.repo import Repo
 
-        lock = yaml.load(lock_path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader) or {}
-        outs = (lock.get("stages") or {}).get(stage, {}).get("outs") or []
         with Repo(str(root)) as repo:
-            files = {Path(out["path"]): _manifest(repo.cache.local, out) for out in outs if "md5" in out}
+            cache = repo.cache.local
+            by_path = {Path(out["path"]): out for out in outs}
+            tuning = _manifest(cache, by_path[Path(tuning_dir)])
+            if (
+                tuning is None
+                or "choice.json" not in tuning
+                or io.read_json(tuning["choice.json"]).get(KEY) != key
+            ):
+                return None
+            files = {path: _manifest(cache, out) for path, out in by_path.items()}
     except Exception as exc:
         print(f"train: {stage}: the previous trials could not be read ({exc}); training them")
         return None
-    tuning = files.get(Path(tuning_dir))
-    if tuning is None or any(f is None for f in files.values()) or "choice.json" not in tuning:
-        return None
-    if io.read_json(tuning["choice.json"]).get(KEY) != key:
+    if any(f is None for f in files.values()):
         return None
     return files  # type: ignore[return-value]
